@@ -1,0 +1,46 @@
+"""imgext: extend Cloud Native Buildpacks base images through the Docker daemon."""
+
+from __future__ import annotations
+
+from ._daemon import Builder, Daemon
+from ._dockerfile import Kind
+from ._errors import (
+    DaemonError,
+    ExitCode,
+    ExtensionError,
+    ExtensionOutputError,
+    ImageMissingError,
+    ImgextError,
+    Interrupted,
+    RegistryError,
+    StepFailedError,
+    UsageError,
+)
+from ._extend import ExtendOptions, KindPlan, extend, plan
+from ._report import ImageReport, Report, StepReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Builder",
+    "Daemon",
+    "DaemonError",
+    "ExitCode",
+    "ExtendOptions",
+    "ExtensionError",
+    "ExtensionOutputError",
+    "ImageMissingError",
+    "ImageReport",
+    "ImgextError",
+    "Interrupted",
+    "Kind",
+    "KindPlan",
+    "RegistryError",
+    "Report",
+    "StepFailedError",
+    "StepReport",
+    "UsageError",
+    "__version__",
+    "extend",
+    "plan",
+]

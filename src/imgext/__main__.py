@@ -1,0 +1,3 @@
+from imgext._cli import main
+
+raise SystemExit(main())
