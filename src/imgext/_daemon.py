@@ -18,7 +18,7 @@ import docker.errors
 import requests
 from docker.utils import parse_repository_tag
 
-from ._errors import DaemonError, ImageMissingError, Interrupted
+from ._errors import DaemonError, ImageMissingError, ImgextError, Interrupted
 
 log = logging.getLogger("imgext")
 
@@ -182,14 +182,17 @@ class Daemon:
         cancel: Cancel,
         on_output: Callable[[str], None],
         on_trace: Callable[[bytes], None],
+        labels: dict[str, str] | None = None,
     ) -> str:
-        """Build a tar context with /build and return the image ID.
+        """Build a tar context with /build, tag the result and return its ID.
+
+        The tag is set here, not by the daemon (`t=`), so that a build cancelled
+        by the client can never leave a tag behind after imgext cleaned up.
 
         docker-py's `build()` cannot select BuildKit (`version=2`) and drops the
         image ID BuildKit reports as `aux`, so the request is made here.
         """
         params: dict[str, Any] = {
-            "t": tag,
             "dockerfile": dockerfile,
             "buildargs": json.dumps(buildargs),
             "nocache": nocache,
@@ -200,6 +203,8 @@ class Daemon:
         }
         if network:
             params["networkmode"] = network
+        if labels:
+            params["labels"] = json.dumps(labels)
         # docker-py's request helpers are private but are what its own build()
         # uses; relying on them keeps transport, TLS and stream decoding its job.
         api: Any = self.client
@@ -218,25 +223,36 @@ class Daemon:
                 stream=True,
                 timeout=None,
             )
-        except requests.RequestException as exc:
+        except Exception as exc:
             cancel.check()
+            if isinstance(exc, ImgextError):
+                raise
             raise DaemonError(f"the daemon dropped the build request: {exc}") from None
         cancel.track(response)
         try:
             api._raise_for_status(response)
-            return _read_build_stream(
+            image = _read_build_stream(
                 api._stream_helper(response, decode=True),
                 on_output=on_output,
                 on_trace=on_trace,
             )
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except docker.errors.APIError as exc:
+            cancel.check()
+            raise BuildFailure(str(exc.explanation or exc)) from None
+        except BuildFailure:
+            cancel.check()
+            raise
+        except Exception as exc:
+            # A stream cut by Cancel.set() surfaces as whatever the HTTP stack
+            # raises at that moment; only the cancellation matters then.
             cancel.check()
             raise DaemonError(f"the daemon dropped the build stream: {exc}") from None
-        except docker.errors.APIError as exc:
-            raise BuildFailure(str(exc.explanation or exc)) from None
         finally:
             cancel.untrack(response)
             response.close()
+        cancel.check()
+        self.tag(image, tag)
+        return image
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:

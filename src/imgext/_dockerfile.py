@@ -177,6 +177,12 @@ def _validate(
                 f"FROM {BASE_IMAGE_FROM} command",
                 stage.line,
             )
+    elif base == BASE_IMAGE_FROM and BASE_IMAGE_ARG not in map(_arg_name, before):
+        raise fail(
+            f"run Dockerfile uses FROM {BASE_IMAGE_FROM} without declaring "
+            f"'ARG {BASE_IMAGE_ARG}' before it",
+            stage.line,
+        )
     for instruction in instructions:
         if instruction.command == "COPY" and _copies_from_stage(instruction):
             raise fail(
