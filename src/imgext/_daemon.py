@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+from docker.context import ContextAPI
 from docker.utils import parse_repository_tag
 
 from ._errors import DaemonError, ImageMissingError, ImgextError, Interrupted
@@ -87,7 +88,7 @@ class Daemon:
     @classmethod
     def connect(cls) -> Daemon:
         """Connect as the Docker CLI would: DOCKER_HOST, TLS variables, socket."""
-        options: dict[str, Any] = dict(docker.utils.kwargs_from_env())
+        options = _connection_options()
         try:
             client = docker.APIClient(version="auto", **options)
             client.ping()
@@ -259,6 +260,22 @@ class Daemon:
             return method(*args, **kwargs)
         except requests.ConnectionError as exc:
             raise DaemonError(f"lost the Docker daemon: {exc}") from None
+
+
+def _connection_options() -> dict[str, Any]:
+    # DOCKER_HOST and the TLS variables win, as with the CLI; otherwise the
+    # current `docker context`, which docker-py does not consult by itself.
+    options: dict[str, Any] = dict(docker.utils.kwargs_from_env())
+    if "base_url" not in options:
+        try:
+            context = ContextAPI.get_current_context()
+        except docker.errors.DockerException:
+            context = None
+        if context is not None and context.Host:
+            options["base_url"] = context.Host
+            if context.TLSConfig:
+                options["tls"] = context.TLSConfig
+    return options
 
 
 def _read_build_stream(
