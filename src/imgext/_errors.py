@@ -11,6 +11,8 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # unexpected failure (lifecycle: CodeFailed)
     USAGE = 3  # bad command line or unreadable input file (lifecycle: 3)
+    DETECT_FAILED = 20  # no group passed detection (lifecycle: 20)
+    DETECT_ERRORED = 21  # ... and some bin/detect ended in an error (lifecycle: 21)
     EXTENSION_FAILED = 91  # an extension's bin/generate failed (lifecycle: 91)
     INVALID_EXTENSION_OUTPUT = 92  # lifecycle rejects such output as a generate error
     STEP_FAILED = 102  # a Dockerfile step failed (lifecycle's extend error)
