@@ -17,6 +17,9 @@ from ._errors import (
     UsageError,
 )
 from ._extend import ExtendOptions, KindPlan, extend, plan
+from ._inspect import inspect
+from ._prepare import Prepared, PrepareOptions, prepare
+from ._publish import publish
 from ._report import ImageReport, Report, StepReport
 
 __version__ = "0.1.0"
@@ -35,6 +38,8 @@ __all__ = [
     "Interrupted",
     "Kind",
     "KindPlan",
+    "PrepareOptions",
+    "Prepared",
     "RegistryError",
     "Report",
     "StepFailedError",
@@ -42,5 +47,8 @@ __all__ = [
     "UsageError",
     "__version__",
     "extend",
+    "inspect",
     "plan",
+    "prepare",
+    "publish",
 ]

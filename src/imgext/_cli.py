@@ -11,10 +11,10 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from . import __version__, _log
-from ._daemon import Builder
+from . import __version__, _doctor, _inspect, _log, _prepare, _progress, _publish
+from ._daemon import Builder, Daemon
 from ._dockerfile import Kind
-from ._errors import ExitCode, ImgextError, StepFailedError, UsageError
+from ._errors import ExitCode, ImgextError, UsageError
 from ._extend import ExtendOptions, extend
 from ._report import Report, write_atomically
 
@@ -49,7 +49,85 @@ def build_parser() -> argparse.ArgumentParser:
         "can also be set with the CNB_* variable named in brackets.",
     )
     add_extend_arguments(extend_parser)
+    add_output_arguments(extend_parser)
+    _prepare.add_source_arguments(extend_parser, env=False)
+    _prepare.add_detect_parser(commands)
+    add_publish_parser(commands)
+    add_inspect_parser(commands)
+    add_doctor_parser(commands)
     return parser
+
+
+def add_doctor_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    parser = commands.add_parser(
+        "doctor",
+        help="check the daemon, BuildKit, base images, disk and registry",
+        description="Check what imgext needs and say what is wrong: the daemon "
+        "and its API version, BuildKit, DOCKER_HOST or the Docker context, the "
+        "base images, free disk, and a registry when given one. Exits non-zero "
+        "when a check fails.",
+    )
+    parser.add_argument(
+        "--layers",
+        type=Path,
+        default=_env("CNB_LAYERS_DIR"),
+        help="check the base images its analyzed.toml names [CNB_LAYERS_DIR]",
+    )
+    parser.add_argument("--build-image", help="check this build image")
+    parser.add_argument("--run-image", help="check this run image")
+    parser.add_argument(
+        "--registry", metavar="HOST", help="check that HOST is reachable and logged in"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_log_level(parser)
+
+
+def add_publish_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    parser = commands.add_parser(
+        "publish",
+        help="push extended images to a registry through the daemon",
+        description="Push extended images through the daemon, with the "
+        "credentials of the Docker config. Each kind's image (default: the one "
+        "its first tag names) is pushed to every tag given for it.",
+    )
+    for kind in ("build", "run"):
+        parser.add_argument(
+            f"--{kind}-tag",
+            nargs="+",
+            default=[],
+            metavar="REF",
+            help=f"push the extended {kind} image as these references",
+        )
+        parser.add_argument(
+            f"--{kind}-image", help=f"the {kind} image to push (default: its first tag)"
+        )
+    parser.add_argument("--report", type=Path, help="write the digests here as JSON")
+    _add_log_level(parser)
+
+
+def add_inspect_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    parser = commands.add_parser(
+        "inspect",
+        help="show what an extended run image holds",
+        description="Show the base, the top layer, the layers each extension "
+        "added, whether it is rebasable and its user, from an extended run "
+        "image's OCI layout (or the directory above it) or an image in the daemon.",
+    )
+    parser.add_argument("target", help="layout directory, extended directory, or image")
+    parser.add_argument(
+        "--base", help="for an image in the daemon: its base, to tell layers apart"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_log_level(parser)
+
+
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=list(_log.LEVELS),
+        default=_env("CNB_LOG_LEVEL", "info"),
+        help="(default info) [CNB_LOG_LEVEL]",
+    )
 
 
 def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,16 +199,45 @@ def add_extend_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--builder",
-        choices=[b.value for b in Builder],
         default="auto",
-        help="BuildKit, the classic builder, or BuildKit when offered (default auto)",
+        metavar="auto|buildkit|classic|IMAGE",
+        help="BuildKit, the classic builder, or BuildKit when offered (default "
+        "auto); any other value is a builder image: detect and generate run in it "
+        "first, then both images are extended",
     )
     parser.add_argument("--report", type=path, help="write a JSON report here")
+    parser.add_argument(
+        "--extended",
+        type=path,
+        default=_env("CNB_EXTENDED_DIR"),
+        help="where the extended run image's sparse OCI layout goes "
+        "(default <layers>/extended) [CNB_EXTENDED_DIR]",
+    )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="push the extended images to their tags' registries afterwards",
+    )
     parser.add_argument(
         "--log-level",
         choices=list(_log.LEVELS),
         default=_env("CNB_LOG_LEVEL", "info"),
         help="(default info) [CNB_LOG_LEVEL]",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """How progress is shown: live on a terminal, else plain lines."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--quiet",
+        action="store_true",
+        help="show no progress, only warnings and errors",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per line for each event, the report last",
     )
 
 
@@ -153,29 +260,70 @@ def extend_options(args: argparse.Namespace) -> ExtendOptions:
         network=args.network,
         no_cache=args.no_cache,
         builder=Builder(args.builder),
+        extended=args.extended,
     )
 
 
 def _run_extend(args: argparse.Namespace) -> int:
     options = extend_options(args)
-    report = extend(options)
-    if args.report:
-        write_atomically(args.report, report.to_json())
-    _print_summary(report)
+    display = _progress.choose(json_output=args.json, quiet=args.quiet)
+    with display, _progress.routed_logs(display):
+        try:
+            report = extend(options, on_event=display)
+            if args.publish:
+                _publish.publish_report(Daemon.connect(), report)
+        except ImgextError as exc:
+            display.error(exc)
+            return int(exc.exit_code)
+        if args.report:
+            write_atomically(args.report, report.to_json())
+        display.summary(report, _image_stats(report))
     return ExitCode.OK
 
 
-def _print_summary(report: Report) -> None:
-    for kind, image in (("build", report.build), ("run", report.run)):
-        if image is None:
-            print(f"{kind}: nothing to apply")
-            continue
-        extra = f", rebasable {str(image.rebasable).lower()}" if kind == "run" else ""
-        print(
-            f"{kind}: {image.tag} ({image.image[:19]}) from {image.base}, "
-            f"{len(image.steps)} Dockerfile(s), user {image.user or 'root'}{extra}"
-        )
-    print(f"done in {report.seconds:.1f}s with the {report.builder or 'no'} builder")
+def _image_stats(report: Report) -> dict[str, _progress.ImageStats]:
+    if report.build is None and report.run is None:
+        return {}
+    try:
+        return _progress.image_stats(Daemon.connect(), report)
+    except ImgextError:
+        return {}
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    if not args.build_tag and not args.run_tag:
+        raise UsageError("give --build-tag and/or --run-tag references to push")
+    results = _publish.publish(
+        Daemon.connect(),
+        {
+            "build": (args.build_image, args.build_tag),
+            "run": (args.run_image, args.run_tag),
+        },
+    )
+    for kind, pushed in results.items():
+        for item in pushed:
+            print(f"{kind}: pushed {item.ref}@{item.digest} ({item.uploaded} uploaded)")
+    if args.report:
+        write_atomically(args.report, _publish.to_json(results))
+    return ExitCode.OK
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    info = _inspect.inspect(args.target, base=args.base)
+    print(info.to_json() if args.json else info.to_text(), end="")
+    return ExitCode.OK
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    images = [i for i in (args.build_image, args.run_image) if i]
+    checks = _doctor.run(
+        _doctor.default_setup(),
+        images=images,
+        layers=args.layers,
+        registry=args.registry,
+    )
+    print(_doctor.to_json(checks) if args.json else _doctor.to_text(checks), end="")
+    return _doctor.exit_code(checks)
 
 
 def _on_terminate(signum: int, frame: FrameType | None) -> None:
@@ -190,7 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_terminate)
     try:
         if args.command == "extend":
-            return _run_extend(args)
+            with _prepare.one_command(args):
+                return _run_extend(args)
+        if args.command == "detect":
+            return _prepare.run_detect(args)
+        if args.command == "publish":
+            return _run_publish(args)
+        if args.command == "inspect":
+            return _run_inspect(args)
+        if args.command == "doctor":
+            return _run_doctor(args)
         raise UsageError(f"unknown command {args.command}")
     except ImgextError as exc:
         _print_error(exc)
@@ -201,10 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_error(exc: ImgextError) -> None:
-    print(f"imgext: error: {exc.message}", file=sys.stderr)
-    if isinstance(exc, StepFailedError) and exc.output:
-        print("  output of the failing step (last lines):", file=sys.stderr)
-        for line in exc.output:
-            print(f"  | {line}", file=sys.stderr)
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+    for line in _progress.error_lines(exc):
+        prefix = "imgext: " if line.startswith("error: ") else ""
+        print(f"{prefix}{line}", file=sys.stderr)

@@ -165,11 +165,6 @@ class Daemon:
         with contextlib.suppress(docker.errors.NotFound):
             self._call(self.client.remove_image, ref, noprune=True)
 
-    def tags_matching(self, pattern: str) -> list[str]:
-        """Tags of the daemon's images that match a reference pattern."""
-        images = self._call(self.client.images, filters={"reference": pattern})
-        return [t for image in images for t in image.get("RepoTags") or []]
-
     def build(
         self,
         context: Iterable[bytes],

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _context
+from . import _context, _export, _trace
 from ._daemon import Builder, BuildFailure, Cancel, Daemon
 from ._dockerfile import REBASABLE_LABEL, Kind
 from ._errors import ImgextError, Interrupted, StepFailedError, UsageError
@@ -59,6 +59,7 @@ class ExtendOptions:
     network: str | None = None
     no_cache: bool = False
     builder: Builder = Builder.AUTO
+    extended: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -147,12 +148,13 @@ def extend(
     chains = [_Chain(p) for p in plans]
     try:
         _run_parallel(daemon, chains, options, builder, run_id, cancel, on_event)
+        _write_run_layout(daemon, chains, options)
         _move_tags(daemon, chains)
     except KeyboardInterrupt:
         cancel.set()
         raise Interrupted("interrupted: no tag was moved") from None
     finally:
-        _clean_up(daemon, chains, run_id)
+        _clean_up(daemon, chains)
     for chain in chains:
         setattr(report, str(chain.plan.kind), chain.report)
     report.seconds = time.monotonic() - started
@@ -230,24 +232,35 @@ def _apply_chain(
     base_id: str = base_info["Id"]
     original_user = _user(base_info)
     current = _temp_tag(run_id, kind, 0)
-    daemon.tag(base_id, current)
     if base_info.get("RepoTags") or base_info.get("RepoDigests"):
         chain.temp_tags.append(current)
     else:
         # Deleting the only tag of an untagged base would delete the base.
         chain.kept_tags.append(current)
+    daemon.tag(base_id, current)
     info = base_info
     steps: list[StepReport] = []
     all_set_rebasable = True
     total = len(kind_plan.dockerfiles)
+    # When a run Dockerfile has no LABEL for it at all, the result cannot be
+    # rebasable: the last build sets the label to false itself, which saves the
+    # extra build `_set_not_rebasable` would cost.
+    surely_not_rebasable = kind is Kind.RUN and not all(
+        d.dockerfile.sets_label(REBASABLE_LABEL) for d in kind_plan.dockerfiles
+    )
     for index, step in enumerate(kind_plan.dockerfiles, start=1):
         cancel.check()
         tag = _temp_tag(run_id, kind, index)
         chain.temp_tags.append(tag)
         on_event(StepStarted(str(kind), index, total, step.extension, str(step.path)))
         began = time.monotonic()
+        forced = (
+            {REBASABLE_LABEL: "false"}
+            if surely_not_rebasable and index == total
+            else None
+        )
         image = _apply_one(
-            daemon, step, info, current, tag, options, builder, cancel, on_event
+            daemon, step, info, current, tag, options, builder, cancel, on_event, forced
         )
         seconds = time.monotonic() - began
         on_event(StepFinished(str(kind), index, step.extension, image, seconds))
@@ -323,6 +336,7 @@ def _apply_one(
     builder: Builder,
     cancel: Cancel,
     on_event: Listener,
+    labels: dict[str, str] | None,
 ) -> str:
     kind = str(step.kind)
     uid, _, gid = _user(previous).partition(":")
@@ -355,6 +369,7 @@ def _apply_one(
             cancel=cancel,
             on_output=lambda line: on_event(StepOutput(kind, step.extension, line)),
             on_trace=trace,
+            labels=labels,
         )
     except BuildFailure as failure:
         raise _step_error(step, failure, traces) from None
@@ -410,10 +425,8 @@ def _step_error(
 
 
 def _trace_output(traces: list[bytes]) -> list[str]:
-    # TODO: decode BuildKit's StatusResponse logs; until then a failing RUN under
-    # BuildKit reports the daemon's message without the step's own output.
-    del traces
-    return []
+    # BuildKit sends a RUN's output only inside its trace events, never as stream.
+    return _trace.failing_output(traces)
 
 
 def _set_not_rebasable(
@@ -445,6 +458,18 @@ def _set_not_rebasable(
     return daemon.inspect_image(image) or {}
 
 
+def _write_run_layout(
+    daemon: Daemon, chains: list[_Chain], options: ExtendOptions
+) -> None:
+    # The exporter reads the extended run image from a sparse layout; written
+    # before any tag moves, so a failure here leaves the tags as they were.
+    for chain in chains:
+        if chain.plan.kind is Kind.RUN and chain.report and chain.report.steps:
+            extended = options.extended or options.layers / "extended"
+            path = _export.write_run_layout(daemon, chain.report, extended)
+            chain.report.extended = str(path)
+
+
 def _move_tags(daemon: Daemon, chains: list[_Chain]) -> None:
     moved: list[tuple[str, str | None]] = []
     try:
@@ -462,7 +487,9 @@ def _move_tags(daemon: Daemon, chains: list[_Chain]) -> None:
         raise
 
 
-def _clean_up(daemon: Daemon, chains: list[_Chain], run_id: str) -> None:
+def _clean_up(daemon: Daemon, chains: list[_Chain]) -> None:
+    # Every temporary tag is listed before it is made (Daemon.build tags only
+    # after the build, never the daemon itself), so this list is complete.
     for chain in chains:
         for tag in reversed(chain.temp_tags):
             try:
@@ -476,12 +503,6 @@ def _clean_up(daemon: Daemon, chains: list[_Chain], run_id: str) -> None:
                 tag,
                 extra={"phase": "extend"},
             )
-    # A build cancelled by Ctrl-C may still have been tagged by the daemon after
-    # the list above was made; sweep whatever carries this run's prefix.
-    kept = {t for c in chains for t in c.kept_tags}
-    for leftover in daemon.tags_matching(f"{TEMP_REPOSITORY}/{run_id}-*"):
-        if leftover not in kept:
-            daemon.remove_tag(leftover)
 
 
 def _temp_tag(run_id: str, kind: Kind, index: int) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import pytest
 
+import imgext._extend
 from imgext import (
     Builder,
     ExtendOptions,
@@ -58,16 +59,26 @@ def config(api: docker.APIClient, image: str) -> dict[str, Any]:
     return api.inspect_image(image)["Config"]  # type: ignore[no-any-return]
 
 
-def temp_tags(api: docker.APIClient) -> list[str]:
-    images = api.images(filters={"reference": "imgext-tmp/*"})
+def temp_tags(api: docker.APIClient, repository: str = "imgext-tmp") -> list[str]:
+    images = api.images(filters={"reference": f"{repository}/*"})
     return [t for i in images for t in i.get("RepoTags") or []]
 
 
 @pytest.fixture(autouse=True)
-def no_temp_tags_left(docker_api: docker.APIClient) -> Iterator[None]:
-    """Every test here must leave no temporary tag of imgext behind."""
+def no_temp_tags_left(
+    docker_api: docker.APIClient, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every test here must leave no temporary tag of imgext behind.
+
+    Runs in this process use a repository of the test's own, so that other
+    imgext runs on a shared daemon cannot be mistaken for a leak; runs of the
+    CLI in a subprocess use the real one and are checked against a snapshot.
+    """
+    own = f"imgext-tmp-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(imgext._extend, "TEMP_REPOSITORY", own)
     before = set(temp_tags(docker_api))
     yield
+    assert temp_tags(docker_api, own) == []
     assert set(temp_tags(docker_api)) - before == set()
 
 
