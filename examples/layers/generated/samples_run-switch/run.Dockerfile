@@ -1,0 +1,1 @@
+FROM imgext-test/run-alt:bookworm
