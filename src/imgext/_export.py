@@ -46,6 +46,8 @@ EXTENSION_LAYER_NAME = "Layer: '{created_by}', Created by extension: {extension}
 BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
 # Recorded on the index entry so that an unchanged image is not written again.
 SOURCE_ANNOTATION = "io.imgext.source"
+# How many layouts the user's cache keeps for other layers directories.
+_CACHED_LAYOUTS = 16
 
 
 class Transfer(StrEnum):
@@ -122,7 +124,9 @@ def write_sparse_layout(
     """
     parent = extended / "run"
     source = _source_key(image, base_layers, base_history, owners, base_name)
-    reused = _existing_layout(parent, source)
+    # A transfer asked for by name always runs; AUTO may reuse earlier work.
+    reuse = transfer is Transfer.AUTO
+    reused = _existing_layout(parent, source) if reuse else None
     if reused is not None:
         # Nothing changed since the layout was written (a warm rebuild gives
         # the same image ID): reading the image from the daemon again would
@@ -135,22 +139,30 @@ def write_sparse_layout(
         temporary = Path(tempfile.mkdtemp(dir=parent, prefix=".imgext-"))
     except OSError as exc:
         raise _layout_error(parent, exc) from None
+    cached = _cache_root() / "layouts" / source.removeprefix("sha256:")
     try:
-        blobs_dir = temporary / "blobs" / "sha256"
-        blobs_dir.mkdir(parents=True)
-        collected = _collect(
-            daemon, image, diff_ids, base_layers, blobs_dir, transfer, base_pulled
-        )
-        config = _rewrite_history(
-            _json_object(collected.config),
-            base_layers=base_layers,
-            base_history=base_history,
-            owners=owners,
-        )
-        layers = _layer_descriptors(collected, diff_ids)
-        annotations = {BASE_NAME_ANNOTATION: base_name} if base_name else {}
-        digest = _write_layout(temporary, config, layers, annotations, source)
-        _make_readable(temporary)
+        digest = _layout_digest(cached, source) if reuse else None
+        if digest is not None:
+            # The same image was written for another layers directory before
+            # (each build of a platform gets a fresh one): copy, don't save.
+            _copy_tree(cached, temporary)
+        else:
+            blobs_dir = temporary / "blobs" / "sha256"
+            blobs_dir.mkdir(parents=True)
+            collected = _collect(
+                daemon, image, diff_ids, base_layers, blobs_dir, transfer, base_pulled
+            )
+            config = _rewrite_history(
+                _json_object(collected.config),
+                base_layers=base_layers,
+                base_history=base_history,
+                owners=owners,
+            )
+            layers = _layer_descriptors(collected, diff_ids)
+            annotations = {BASE_NAME_ANNOTATION: base_name} if base_name else {}
+            digest = _write_layout(temporary, config, layers, annotations, source)
+            _make_readable(temporary)
+            _remember_layout(temporary, cached)
         target = parent / digest
         if target.exists():
             # Same digest, same content: the layout is already there.
@@ -232,8 +244,7 @@ class _LayerCache:
     _LIMIT = 20000
 
     def __init__(self) -> None:
-        root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        self.path = Path(root) / "imgext" / "layers.json"
+        self.path = _cache_root() / "layers.json"
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -387,23 +398,62 @@ def _existing_layout(parent: Path, source: str) -> Path | None:
     if not parent.is_dir():
         return None
     for path in parent.iterdir():
-        if not path.name.startswith("sha256:"):
-            continue
-        try:
-            index = json.loads((path / "index.json").read_bytes())
-            descriptor = index["manifests"][0]
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            continue
-        annotations = descriptor.get("annotations") or {}
-        if (
-            annotations.get(SOURCE_ANNOTATION) == source
-            and descriptor.get("digest") == path.name
-            and (
-                path / "blobs" / "sha256" / path.name.removeprefix("sha256:")
-            ).is_file()
+        if path.name.startswith("sha256:") and (
+            _layout_digest(path, source) == path.name
         ):
             return path
     return None
+
+
+def _layout_digest(path: Path, source: str) -> str | None:
+    """The manifest digest of the layout at `path` if it was made from `source`."""
+    try:
+        index = json.loads((path / "index.json").read_bytes())
+        descriptor = index["manifests"][0]
+        annotations = descriptor.get("annotations") or {}
+        digest = descriptor["digest"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if annotations.get(SOURCE_ANNOTATION) != source or not isinstance(digest, str):
+        return None
+    if not (path / "blobs" / "sha256" / digest.removeprefix("sha256:")).is_file():
+        return None
+    return digest
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgext"
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    # Hard links make the copy free; layout files are never written in place.
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
+
+
+def _remember_layout(layout: Path, cached: Path) -> None:
+    """Keep a copy of a new layout for the next layers directory; best effort."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".new-"))
+        _copy_tree(layout, staging)
+        try:
+            os.rename(staging, cached)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+        entries = sorted(
+            (p for p in cached.parent.iterdir() if not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in entries[:-_CACHED_LAYOUTS]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        log.debug("not caching the layout: %s", exc, extra={"phase": "extend run"})
 
 
 def _make_readable(root: Path) -> None:

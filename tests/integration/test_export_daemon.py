@@ -409,3 +409,23 @@ def tags_on(api: docker.APIClient, prefix: str) -> list[str]:
         for tag in image.get("RepoTags") or []
         if tag.startswith(prefix)
     ]
+
+
+def test_an_unchanged_image_reuses_its_layout_in_another_layers_dir(
+    layers: Layers, unique_tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_extensions(layers)
+    first = extend(options(layers, unique_tag, extended=layers.root / "one"))
+    assert first.run is not None and first.run.extended is not None
+
+    def no_transfer(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the image was read from the daemon again")
+
+    monkeypatch.setattr(_export, "collect_by_save", no_transfer)
+    monkeypatch.setattr(_export, "collect_by_push", no_transfer)
+    second = extend(options(layers, unique_tag, extended=layers.root / "two"))
+    assert second.run is not None and second.run.extended is not None
+    assert second.run.image == first.run.image
+    one, two = Path(first.run.extended), Path(second.run.extended)
+    assert one.name == two.name
+    assert layout_parts(one) == layout_parts(two)
