@@ -428,7 +428,10 @@ def one_command(args: argparse.Namespace) -> Iterator[None]:
         # image that generate chose.
         args.run_image = None
         args.build_image = args.build_image or image
-        args.builder = Builder.AUTO.value
+        if image is not None:
+            # The value named a builder image; the daemon's builder is chosen
+            # as by default. With --extensions it still names the engine.
+            args.builder = Builder.AUTO.value
         yield
     finally:
         if temporary is not None:
