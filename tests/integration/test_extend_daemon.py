@@ -523,3 +523,24 @@ def test_ctrl_c_cleans_up_under_buildkit(
     assert time.monotonic() - started < 15
     with pytest.raises(docker.errors.ImageNotFound):
         docker_api.inspect_image(f"{unique_tag}-b:1")
+
+
+def test_an_earlier_false_label_wins_over_a_later_true(
+    layers: Layers, unique_tag: str, docker_api: docker.APIClient
+) -> None:
+    # Every run Dockerfile sets the label, but not every one to true: the last
+    # one's `true` must not make the result rebasable.
+    layers.analyzed(BUILD_TINY, RUN_TINY)
+    layers.extension(
+        "test/says-false",
+        run="ARG base_image\nFROM ${base_image}\nLABEL io.buildpacks.rebasable=false\n",
+    )
+    layers.extension(
+        "test/says-true",
+        run="ARG base_image\nFROM ${base_image}\nLABEL io.buildpacks.rebasable=true\n",
+    )
+    report = extend(options(layers, unique_tag, kinds=(Kind.RUN,)))
+    assert report.run is not None and report.run.rebasable is False
+    labels = config(docker_api, report.run.tag)["Labels"]
+    assert labels["io.buildpacks.rebasable"] == "false"
+    assert report.run.image == docker_api.inspect_image(report.run.tag)["Id"]
