@@ -8,6 +8,8 @@ import tarfile
 import textwrap
 from pathlib import Path
 
+from imgext._detect import Component, Element, Member
+
 
 def component(
     root: Path,
@@ -239,3 +241,26 @@ def builder_context(
         tar.add(buildpacks, "cnb/buildpacks")
         tar.add(order, "cnb/order.toml")
     return buffer.getvalue()
+
+
+def member(
+    name: str,
+    *,
+    optional: bool = False,
+    extension: bool = False,
+    has_generate: bool = False,
+) -> Member:
+    """A group member whose executables are never run (for planning tests)."""
+    found = Component(
+        kind="extension" if extension else "buildpack",
+        id=name,
+        version="1",
+        api="0.10",
+        homepage="",
+        clear_env=False,
+        local=Path("/nowhere"),
+        root="/nowhere",
+        has_detect=True,
+        has_generate=has_generate,
+    )
+    return Member(Element(name, "1", optional, extension), found)

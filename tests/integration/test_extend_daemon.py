@@ -379,6 +379,16 @@ def test_builders_agree_on_config(
         assert configs[0][key] == configs[1][key], key
 
 
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """`python -m imgext ARGS` in the background, to be interrupted."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "imgext", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imgext", *args],
@@ -443,17 +453,12 @@ def test_ctrl_c_cleans_up(
         build=f"ARG base_image\nFROM ${{base_image}}\nRUN echo {marker}; sleep 60\n",
         run=f"ARG base_image\nFROM ${{base_image}}\nRUN echo {marker}; sleep 60\n",
     )
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "imgext", "extend",
-            "--layers", str(layers.root),
-            "--build-tag", f"{unique_tag}-b:1",
-            "--run-tag", f"{unique_tag}-r:1",
-            "--builder", "classic",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_cli(
+        "extend",
+        "--layers", str(layers.root),
+        "--build-tag", f"{unique_tag}-b:1",
+        "--run-tag", f"{unique_tag}-r:1",
+        "--builder", "classic",
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not containers_running(docker_api, marker):
@@ -504,16 +509,11 @@ def test_ctrl_c_cleans_up_under_buildkit(
         "test/slow",
         build=f"ARG base_image\nFROM ${{base_image}}\nRUN echo {marker}; sleep 60\n",
     )
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "imgext", "extend",
-            "--layers", str(layers.root),
-            "--build-tag", f"{unique_tag}-b:1",
-            "--builder", "buildkit",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_cli(
+        "extend",
+        "--layers", str(layers.root),
+        "--build-tag", f"{unique_tag}-b:1",
+        "--builder", "buildkit",
     )  # fmt: skip
     time.sleep(4)
     started = time.monotonic()

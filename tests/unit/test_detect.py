@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from imgext import ExitCode, UsageError
 from imgext._detect import (
-    Component,
     DetectionError,
     Detector,
     Element,
@@ -346,19 +345,7 @@ def test_static_plan_of_an_extension_without_bin_detect(tmp_path: Path) -> None:
 
 
 def _member(name: str, *, optional: bool = False, extension: bool = False) -> Member:
-    component = Component(
-        kind="extension" if extension else "buildpack",
-        id=name,
-        version="1",
-        api="0.10",
-        homepage="",
-        clear_env=False,
-        local=Path("/nowhere"),
-        root="/nowhere",
-        has_detect=True,
-        has_generate=False,
-    )
-    return Member(Element(name, "1", optional, extension), component)
+    return cnb.member(name, optional=optional, extension=extension)
 
 
 NAMES = st.sampled_from(["a", "b", "c"])

@@ -206,19 +206,7 @@ def _context_of(dockerfile: ExtensionDockerfile) -> Path:
 
 
 def _member(name: str, extension: bool = True) -> Member:
-    component = Component(
-        kind="extension" if extension else "buildpack",
-        id=name,
-        version="1",
-        api="0.10",
-        homepage="",
-        clear_env=False,
-        local=Path("/nowhere"),
-        root="/nowhere",
-        has_detect=True,
-        has_generate=True,
-    )
-    return Member(Element(name, "1", extension, extension), component)
+    return cnb.member(name, optional=extension, extension=extension, has_generate=True)
 
 
 def test_each_extension_gets_the_requirements_of_what_it_provided() -> None:
