@@ -20,7 +20,7 @@ from ._extend import ExtendOptions, KindPlan, extend, plan
 from ._inspect import inspect
 from ._prepare import Prepared, PrepareOptions, prepare
 from ._publish import publish
-from ._report import ImageReport, Report, StepReport
+from ._report import DetectReport, ImageReport, MemberReport, Report, StepReport
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "Builder",
     "Daemon",
     "DaemonError",
+    "DetectReport",
     "ExitCode",
     "ExtendOptions",
     "ExtensionError",
@@ -38,6 +39,7 @@ __all__ = [
     "Interrupted",
     "Kind",
     "KindPlan",
+    "MemberReport",
     "PrepareOptions",
     "Prepared",
     "RegistryError",

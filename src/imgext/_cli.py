@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_extend_arguments(extend_parser)
     add_output_arguments(extend_parser)
     _prepare.add_source_arguments(extend_parser, env=False)
-    _prepare.add_detect_parser(commands)
+    detect_parser = _prepare.add_detect_parser(commands)
+    add_output_arguments(detect_parser)
     add_publish_parser(commands)
     add_inspect_parser(commands)
     add_doctor_parser(commands)
@@ -265,19 +266,39 @@ def extend_options(args: argparse.Namespace) -> ExtendOptions:
 
 
 def _run_extend(args: argparse.Namespace) -> int:
-    options = extend_options(args)
     display = _progress.choose(json_output=args.json, quiet=args.quiet)
     with display, _progress.routed_logs(display):
         try:
-            report = extend(options, on_event=display)
-            if args.publish:
-                _publish.publish_report(Daemon.connect(), report)
+            # The one-command path's detect and generate show in the same
+            # display, before the builds.
+            with _prepare.one_command(args, on_event=display) as prepared:
+                if prepared is not None:
+                    display.detected(prepared.report(args.layers), final=False)
+                report = extend(extend_options(args), on_event=display)
+                if args.publish:
+                    _publish.publish_report(Daemon.connect(), report)
         except ImgextError as exc:
             display.error(exc)
             return int(exc.exit_code)
         if args.report:
             write_atomically(args.report, report.to_json())
         display.summary(report, _image_stats(report))
+    return ExitCode.OK
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    options = _prepare.detect_options(args)
+    display = _progress.choose(json_output=args.json, quiet=args.quiet)
+    with display, _progress.routed_logs(display):
+        try:
+            prepared = _prepare.prepare(options, on_event=display)
+        except ImgextError as exc:
+            display.error(exc)
+            return int(exc.exit_code)
+        report = prepared.report(options.layers)
+        if args.report:
+            write_atomically(args.report, report.to_json())
+        display.detected(report, final=True)
     return ExitCode.OK
 
 
@@ -338,10 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_terminate)
     try:
         if args.command == "extend":
-            with _prepare.one_command(args):
-                return _run_extend(args)
+            return _run_extend(args)
         if args.command == "detect":
-            return _prepare.run_detect(args)
+            return _run_detect(args)
         if args.command == "publish":
             return _run_publish(args)
         if args.command == "inspect":

@@ -9,8 +9,10 @@ and no provision unrequired; optional members that spoil a choice are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ExitCode, ImgextError, UsageError
+from ._events import Listener, RunEnded, RunFinished, RunStarted, ignore
 from ._generated import load_toml
 from ._runner import Batch, Job, Runner, read_outcome
 
@@ -99,10 +102,13 @@ class Sections:
 
 @dataclass(frozen=True)
 class DetectRun:
+    """How one bin/detect ended; `seconds` is None when none ran."""
+
     code: int
     output: str = ""
     error: str | None = None
     alternatives: tuple[Sections, ...] = (Sections(),)
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,8 @@ class Detected:
     buildpacks: list[Member]
     extensions: list[Member]
     plan: list[PlanEntry]
+    # How long each member's bin/detect took, by id; None when none ran.
+    seconds: dict[str, float | None] = field(default_factory=dict)
 
     def group_toml(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -297,11 +305,13 @@ class Detector:
         *,
         platform_env: Sequence[tuple[str, str]],
         platform_api: tuple[int, int],
+        on_event: Listener = ignore,
     ) -> None:
         self._store = store
         self._runner = runner
         self._platform_env = tuple(platform_env)
         self._platform_api = platform_api
+        self._on_event = on_event
         self._runs: dict[tuple[str, str, str], DetectRun] = {}
         self._batches = 0
 
@@ -320,6 +330,9 @@ class Detector:
             buildpacks=[m for m in members if not m.element.extension],
             extensions=[m for m in members if m.element.extension],
             plan=plan,
+            seconds={
+                m.element.id: self._runs[_key(m.element)].seconds for m in members
+            },
         )
 
     def _order(
@@ -359,10 +372,13 @@ class Detector:
                 return self._order(component.order, done, rest, optional=item.optional)
             member = Member(item, component)
             if not item.optional and not self._target_matches(component):
-                self._runs[_key(item)] = DetectRun(
-                    -1,
-                    error=f"{component.kind} {item} supports no target matching "
-                    f"this build image ({self._runner.target})",
+                self._record(
+                    member,
+                    DetectRun(
+                        -1,
+                        error=f"{component.kind} {item} supports no target matching "
+                        f"this build image ({self._runner.target})",
+                    ),
                 )
             done.append(member)
         self._run_missing(done)
@@ -383,7 +399,7 @@ class Detector:
         for number, member in enumerate(missing):
             component = member.component
             if component.kind == EXTENSION and not component.has_detect:
-                self._runs[_key(member.element)] = _static_plan(component)
+                self._record(member, _static_plan(component))
                 continue
             name = f"j{number}"
             jobs[name] = member
@@ -391,14 +407,35 @@ class Detector:
             batch.files[f"{name}.plan"] = b""
         if not jobs:
             return
-        results = self._runner.run(batch, parallel=True)
+        clock = JobClock(self._on_event, "detect", jobs)
+        results = self._runner.run(batch, parallel=True, on_job=clock)
         for name, member in jobs.items():
             outcome = read_outcome(results, name)
             output = _joined(outcome.stdout, outcome.stderr)
             run = DetectRun(outcome.code, output)
             if outcome.code == DETECT_PASS:
                 run = _read_plan(results / f"{name}.plan", member.component, output)
-            self._runs[_key(member.element)] = run
+            self._record(member, dataclasses.replace(run, seconds=clock.seconds(name)))
+
+    def _record(self, member: Member, run: DetectRun) -> None:
+        self._runs[_key(member.element)] = run
+        element = member.element
+        word = verdict(member, run)
+        why = run.error or ""
+        if word == "error" and not why:
+            why = f"exit code {run.code}" if run.code >= 0 else "no exit code"
+        self._on_event(
+            RunFinished(
+                "detect",
+                element.kind,
+                element.id,
+                member.component.version or element.version,
+                word,
+                run.seconds,
+                tuple(_lines(run.output)),
+                why,
+            )
+        )
 
     def _job(self, name: str, component: Component, batch: Batch) -> Job:
         # TODO: buildpacks of API < 0.8 get CNB_PLATFORM_DIR and
@@ -457,8 +494,10 @@ class Detector:
                     len(done),
                     extra=_PHASE,
                 )
+            # The group, one line each, as the lifecycle logs it; displays show
+            # it as their summary, so only at debug here.
             for member in chosen:
-                log.info(
+                log.debug(
                     "%s %s", member.element.id, member.component.version, extra=_PHASE
                 )
             return chosen, plan
@@ -630,20 +669,58 @@ def target_matches(wanted: dict[str, Any], target: Any) -> bool:
     return True
 
 
-def _log_run(member: Member, run: DetectRun) -> None:
-    if run.code in (DETECT_PASS, DETECT_FAIL):
-        level = logging.DEBUG
-        verdict = (
-            "pass"
-            if run.code == DETECT_PASS
-            else ("skip" if member.element.optional else "fail")
+class JobClock:
+    """Turns a batch's job markers into run events, timing each job."""
+
+    def __init__(self, on_event: Listener, phase: str, jobs: dict[str, Member]) -> None:
+        self._on_event = on_event
+        self._phase = phase
+        self._jobs = jobs
+        self._started: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+
+    def __call__(self, job: str, code: int | None) -> None:
+        member = self._jobs.get(job)
+        if member is None:
+            return
+        element = member.element
+        version = member.component.version or element.version
+        if code is None:
+            self._started[job] = time.monotonic()
+            self._on_event(RunStarted(self._phase, element.kind, element.id, version))
+            return
+        began = self._started.get(job)
+        if began is None:
+            return
+        seconds = self._seconds[job] = time.monotonic() - began
+        self._on_event(
+            RunEnded(self._phase, element.kind, element.id, version, code, seconds)
         )
-    else:
-        level = logging.WARNING
-        verdict = f"err ({run.code})" if run.code != -1 else "err"
-    log.log(level, "%s: %s", verdict, member.element, extra=_PHASE)
+
+    def seconds(self, job: str) -> float | None:
+        return self._seconds.get(job)
+
+
+def verdict(member: Member, run: DetectRun) -> str:
+    """pass, fail, skip (an optional member failed) or error, as the lifecycle
+    words it."""
+    if run.code == DETECT_PASS:
+        return "pass"
+    if run.code == DETECT_FAIL:
+        return "skip" if member.element.optional else "fail"
+    return "error"
+
+
+def _log_run(member: Member, run: DetectRun) -> None:
+    word = verdict(member, run)
+    level = logging.WARNING if word == "error" else logging.DEBUG
+    if word == "error":
+        word = f"err ({run.code})" if run.code != -1 else "err"
+    log.log(level, "%s: %s", word, member.element, extra=_PHASE)
+    # The output goes with the run's event too, which displays show for an
+    # error: here only at debug, so that it is not shown twice.
     for line in _lines(run.output):
-        log.log(level, "  | %s", line, extra=_PHASE)
+        log.debug("  | %s", line, extra=_PHASE)
     if run.error:
         log.log(level, "  %s", run.error, extra=_PHASE)
 

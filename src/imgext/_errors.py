@@ -43,9 +43,21 @@ class UsageError(ImgextError):
 
 
 class ExtensionError(ImgextError):
-    """An extension's executable failed."""
+    """An extension's executable failed; `output` is what it printed."""
 
     exit_code = ExitCode.EXTENSION_FAILED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        extension: str | None = None,
+        output: list[str] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.extension = extension
+        self.output = output or []
 
 
 class ExtensionOutputError(ImgextError):

@@ -50,7 +50,58 @@ class StepFinished:
     seconds: float
 
 
-Event = StepStarted | StepOutput | BuildkitTrace | StepFinished
+@dataclass(frozen=True)
+class RunStarted:
+    """A buildpack's or extension's `bin/detect` or `bin/generate` starts."""
+
+    phase: str  # detect or generate
+    role: str  # buildpack or extension
+    id: str
+    version: str
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """The executable exited; its output comes with `RunFinished`, once the
+    whole batch is back."""
+
+    phase: str
+    role: str
+    id: str
+    version: str
+    code: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """What a run came to: for detect pass, fail, skip or error; for generate
+    done or error. `seconds` is None when nothing ran (a static plan or output).
+    """
+
+    phase: str
+    role: str
+    id: str
+    version: str
+    verdict: str
+    seconds: float | None
+    output: tuple[str, ...] = ()
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "error"
+
+
+Event = (
+    StepStarted
+    | StepOutput
+    | BuildkitTrace
+    | StepFinished
+    | RunStarted
+    | RunEnded
+    | RunFinished
+)
 Listener = Callable[[Event], None]
 
 

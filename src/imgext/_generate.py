@@ -15,9 +15,10 @@ from typing import Any
 
 import tomli_w
 
-from ._detect import Member, PlanEntry
+from ._detect import JobClock, Member, PlanEntry
 from ._dockerfile import Dockerfile, Kind, parse
-from ._errors import ExtensionError, ExtensionOutputError
+from ._errors import ExtensionError, ExtensionOutputError, ImgextError
+from ._events import Listener, RunFinished, ignore
 from ._generated import NEW_LAYOUT_API, load_toml, read_args
 from ._report import write_atomically
 from ._runner import Job, Outcome, Runner, read_outcome
@@ -36,6 +37,8 @@ class Output:
     folder: Path
     dockerfiles: dict[Kind, Dockerfile] = field(default_factory=dict)
     ignore_run: bool = False
+    # How long bin/generate took; None when the extension has none.
+    seconds: float | None = None
 
     @property
     def dir_name(self) -> str:
@@ -78,6 +81,7 @@ def generate(
     runner: Runner,
     *,
     platform_env: Sequence[tuple[str, str]],
+    on_event: Listener = ignore,
 ) -> tuple[list[Output], list[PlanEntry]]:
     """Run the extensions' generate in group order; return outputs and the plan
     left for buildpacks."""
@@ -85,6 +89,7 @@ def generate(
     batch.trees.append("out")
     remaining = list(plan)
     static: dict[str, tuple[Path, str]] = {}
+    jobs: dict[str, Member] = {}
     for number, member in enumerate(extensions):
         component = member.component
         entries = plan_for(component.id, remaining)
@@ -96,6 +101,7 @@ def generate(
             )
             continue
         name = f"g{number}"
+        jobs[name] = member
         output = batch.at(f"out/{component.id.replace('/', '_')}")
         plan_path = batch.at(f"{name}.plan")
         batch.files[f"{name}.plan"] = dumps_toml({"entries": entries}).encode()
@@ -115,33 +121,76 @@ def generate(
                 platform_env=() if component.clear_env else tuple(platform_env),
             )
         )
-    results = runner.run(batch, parallel=False) if batch.jobs else None
+    clock = JobClock(on_event, "generate", jobs)
+    results = runner.run(batch, parallel=False, on_job=clock) if jobs else None
     outputs = []
     for number, member in enumerate(extensions):
         extension = member.component.id
-        if extension in static:
-            folder, shown = static[extension]
-        else:
-            assert results is not None
-            _check_ran(extension, read_outcome(results, f"g{number}"))
-            folder = results / "out" / extension.replace("/", "_")
-            shown = batch.at(f"out/{extension.replace('/', '_')}")
-        outputs.append(check_output(extension, folder, shown=shown))
+        lines: tuple[str, ...] = ()
+        seconds = None
+        outcome: Outcome | None = None
+        try:
+            if extension in static:
+                folder, shown = static[extension]
+            else:
+                assert results is not None
+                outcome = read_outcome(results, f"g{number}")
+                lines = (*outcome.stdout.splitlines(), *outcome.stderr.splitlines())
+                seconds = clock.seconds(f"g{number}")
+                _check_ran(extension, outcome)
+                folder = results / "out" / extension.replace("/", "_")
+                shown = batch.at(f"out/{extension.replace('/', '_')}")
+            checked = check_output(extension, folder, shown=shown)
+        except ImgextError as exc:
+            # In short: the error itself follows, with the whole message.
+            if isinstance(exc, ExtensionError) and outcome is not None:
+                why = _exit(outcome.code)
+            else:
+                why = "what it wrote breaks the contract"
+            on_event(_finished(member, "error", seconds, lines, why))
+            raise
+        checked.seconds = seconds
+        on_event(_finished(member, "done", seconds, lines))
+        outputs.append(checked)
     return outputs, remaining
 
 
+def _finished(
+    member: Member,
+    verdict: str,
+    seconds: float | None,
+    output: tuple[str, ...],
+    error: str = "",
+) -> RunFinished:
+    version = member.component.version or member.element.version
+    return RunFinished(
+        "generate",
+        "extension",
+        member.component.id,
+        version,
+        verdict,
+        seconds,
+        output,
+        error,
+    )
+
+
+def _exit(code: int) -> str:
+    return f"exit code {code}" if code >= 0 else "no exit code"
+
+
 def _check_ran(extension: str, outcome: Outcome) -> None:
+    # Displays show the output with the run's event; the log has it at debug.
     for stream in (outcome.stdout, outcome.stderr):
         for line in stream.splitlines():
-            log.info("%s | %s", extension, line, extra=_PHASE)
+            log.debug("%s | %s", extension, line, extra=_PHASE)
     if outcome.code == 0:
         return
-    tail = outcome.stderr.strip().splitlines()[-20:]
-    detail = "".join(f"\n  | {line}" for line in tail)
-    why = f"exit code {outcome.code}" if outcome.code >= 0 else "no exit code"
     raise ExtensionError(
-        f"extension {extension}: bin/generate failed ({why}){detail}",
-        hint="the extension's own output above says why",
+        f"extension {extension}: bin/generate failed ({_exit(outcome.code)})",
+        extension=extension,
+        output=outcome.stderr.strip().splitlines() or outcome.stdout.splitlines(),
+        hint="its output says why; run its bin/generate by hand to see more",
     )
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from . import _log
 from ._daemon import Builder, Daemon
 from ._detect import Detected, Detector, Store, read_order
-from ._dockerfile import Kind
-from ._errors import ExitCode, UsageError
+from ._errors import UsageError
+from ._events import Listener, ignore
 from ._generate import (
     Output,
     RunImage,
@@ -31,6 +31,7 @@ from ._generate import (
     write_toml,
 )
 from ._generated import load_toml, parse_platform_api
+from ._report import DetectReport, MemberReport
 from ._runner import ContainerRunner, HostRunner, Runner, Target, host_target
 
 log = logging.getLogger("imgext")
@@ -76,9 +77,47 @@ class Prepared:
     run_images: list[str] | None
     seconds: float
 
+    def report(self, layers: Path) -> DetectReport:
+        detected = self.detected
+        report = DetectReport(str(layers), seconds=self.seconds)
+        for member in detected.buildpacks:
+            report.buildpacks.append(
+                MemberReport(
+                    member.element.id,
+                    member.component.version,
+                    detected.seconds.get(member.element.id),
+                )
+            )
+        outputs = {output.extension: output for output in self.outputs}
+        for member in detected.extensions:
+            output = outputs.get(member.element.id)
+            report.extensions.append(
+                MemberReport(
+                    member.element.id,
+                    member.component.version,
+                    detected.seconds.get(member.element.id),
+                    output.seconds if output else None,
+                    [str(kind) for kind in output.dockerfiles] if output else [],
+                    bool(output and output.ignore_run),
+                )
+            )
+        run = self.analyzed.get("run-image")
+        if isinstance(run, dict):
+            report.run_image = run.get("image") or run.get("reference")
+            report.extend_run = bool(run.get("extend"))
+        return report
 
-def prepare(options: PrepareOptions, *, daemon: Daemon | None = None) -> Prepared:
-    """Run detect, then generate, and write every file the lifecycle would."""
+
+def prepare(
+    options: PrepareOptions,
+    *,
+    daemon: Daemon | None = None,
+    on_event: Listener = ignore,
+) -> Prepared:
+    """Run detect, then generate, and write every file the lifecycle would.
+
+    `on_event` hears of each bin/detect and bin/generate as it starts and ends.
+    """
     began = time.monotonic()
     api = parse_platform_api(options.platform_api)
     if not options.app.is_dir():
@@ -101,7 +140,9 @@ def prepare(options: PrepareOptions, *, daemon: Daemon | None = None) -> Prepare
             analyzed["run-image"] = _run_image(options.run_image, run_images)
         store = Store(extensions, buildpacks, runner)
         env = platform_env(platform)
-        detector = Detector(store, runner, platform_env=env, platform_api=api)
+        detector = Detector(
+            store, runner, platform_env=env, platform_api=api, on_event=on_event
+        )
         detected = detector.detect(read_order(order_path))
         layers = options.layers
         layers.mkdir(parents=True, exist_ok=True)
@@ -109,7 +150,11 @@ def prepare(options: PrepareOptions, *, daemon: Daemon | None = None) -> Prepare
         plan_path = options.plan or layers / "plan.toml"
         write_toml(plan_path, detected.plan_toml())
         outputs, remaining = generate(
-            detected.extensions, detected.plan, runner, platform_env=env
+            detected.extensions,
+            detected.plan,
+            runner,
+            platform_env=env,
+            on_event=on_event,
         )
         choice = select_run_image(outputs)
         write_generated(
@@ -122,7 +167,7 @@ def prepare(options: PrepareOptions, *, daemon: Daemon | None = None) -> Prepare
     detected.plan = remaining
     write_toml(plan_path, detected.plan_toml())
     seconds = time.monotonic() - began
-    log.info(
+    log.debug(
         "detect and generate done in %.2fs: %d buildpack(s), %d extension(s)",
         seconds,
         len(detected.buildpacks),
@@ -275,8 +320,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, env: bool) -> None:
     )
 
 
-def add_detect_parser(commands: Any) -> None:
-    parser = commands.add_parser(
+def add_detect_parser(commands: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
         "detect",
         help="run the extensions' detect and generate, as the lifecycle does",
         description="Resolve the order with each buildpack's and extension's "
@@ -338,67 +383,52 @@ def add_detect_parser(commands: Any) -> None:
         "and bin/generate get no network)",
     )
     parser.add_argument(
+        "--report", type=Path, help="write what was detected here, as JSON"
+    )
+    parser.add_argument(
         "--log-level",
         choices=list(_log.LEVELS),
         default=env("CNB_LOG_LEVEL", "info"),
         help="(default info) [CNB_LOG_LEVEL]",
     )
+    return parser
 
 
-def run_detect(args: argparse.Namespace) -> int:
-    """`imgext detect`."""
+def detect_options(args: argparse.Namespace) -> PrepareOptions:
+    """`imgext detect`'s arguments as detect and generate take them."""
     if args.layers is None:
         raise UsageError("--layers is required (or set CNB_LAYERS_DIR)")
-    prepared = prepare(
-        PrepareOptions(
-            app=args.app,
-            layers=args.layers,
-            builder=args.builder,
-            extensions=args.extensions,
-            buildpacks=args.buildpacks,
-            order=args.order,
-            platform=args.platform,
-            generated=args.generated,
-            analyzed=args.analyzed,
-            group=args.group,
-            plan=args.plan,
-            run=args.run,
-            platform_api=args.platform_api,
-            network=args.network,
-        )
+    return PrepareOptions(
+        app=args.app,
+        layers=args.layers,
+        builder=args.builder,
+        extensions=args.extensions,
+        buildpacks=args.buildpacks,
+        order=args.order,
+        platform=args.platform,
+        generated=args.generated,
+        analyzed=args.analyzed,
+        group=args.group,
+        plan=args.plan,
+        run=args.run,
+        platform_api=args.platform_api,
+        network=args.network,
     )
-    _print_summary(prepared)
-    return ExitCode.OK
-
-
-def _print_summary(prepared: Prepared) -> None:
-    detected = prepared.detected
-    names = ", ".join(m.element.id for m in detected.extensions) or "none"
-    print(f"extensions: {names}")
-    print(f"buildpacks: {', '.join(m.element.id for m in detected.buildpacks)}")
-    for output in prepared.outputs:
-        kinds = [
-            f"{k}{' (ignored)' if k is Kind.RUN and output.ignore_run else ''}"
-            for k in output.dockerfiles
-        ]
-        print(f"  {output.extension}: {', '.join(kinds) or 'no Dockerfile'}")
-    run = prepared.analyzed.get("run-image") or {}
-    if isinstance(run, dict) and run.get("image"):
-        extend = " (to be extended)" if run.get("extend") else ""
-        print(f"run image: {run['image']}{extend}")
-    print(f"done in {prepared.seconds:.2f}s")
 
 
 @contextlib.contextmanager
-def one_command(args: argparse.Namespace) -> Iterator[None]:
+def one_command(
+    args: argparse.Namespace, on_event: Listener = ignore
+) -> Iterator[Prepared | None]:
     """`imgext extend --builder IMAGE`: detect and generate first.
 
     The layers go to a temporary folder unless --layers is given; `args` is
-    changed so that extend then reads what generate wrote.
+    changed so that extend then reads what generate wrote. Yields what detect
+    and generate did, or None when extend alone was asked for.
     """
     builder = args.builder
     if builder in ENGINES and args.extensions is None:
-        yield
+        yield None
         return
     image = None if builder in ENGINES else builder
     temporary = None
@@ -406,7 +436,7 @@ def one_command(args: argparse.Namespace) -> Iterator[None]:
         temporary = Path(tempfile.mkdtemp(prefix="imgext-layers-"))
         args.layers = temporary
     try:
-        prepare(
+        prepared = prepare(
             PrepareOptions(
                 app=args.app,
                 layers=args.layers,
@@ -422,7 +452,8 @@ def one_command(args: argparse.Namespace) -> Iterator[None]:
                 network=args.network,
                 build_image=args.build_image or image or "",
                 run_image=args.run_image,
-            )
+            ),
+            on_event=on_event,
         )
         # Extend takes both images from analyzed.toml now, which holds the run
         # image that generate chose.
@@ -432,7 +463,7 @@ def one_command(args: argparse.Namespace) -> Iterator[None]:
             # The value named a builder image; the daemon's builder is chosen
             # as by default. With --extensions it still names the engine.
             args.builder = Builder.AUTO.value
-        yield
+        yield prepared
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)

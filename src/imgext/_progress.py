@@ -1,9 +1,10 @@
 """What the user sees while imgext works: live, plain, JSON or quiet displays.
 
-Every display is a `Listener` of the phase's events. The events are folded by
-a `Tracker` into lanes (one per image kind and extension: one Dockerfile, or
-one detect run) and their instructions (each Dockerfile step as the daemon
-runs it); the displays only differ in how they show the changes.
+Every display is a `Listener` of the phases' events. The events are folded by
+a `Tracker` into lanes (one per image kind and extension: one Dockerfile; or
+one buildpack's or extension's bin/detect or bin/generate) and their
+instructions (each Dockerfile step as the daemon runs it); the displays only
+differ in how they show the changes.
 """
 
 from __future__ import annotations
@@ -28,8 +29,17 @@ from rich.text import Text
 
 from . import _trace
 from ._errors import ExitCode, ImgextError, Interrupted, StepFailedError
-from ._events import BuildkitTrace, Event, StepFinished, StepOutput, StepStarted
-from ._report import Report
+from ._events import (
+    BuildkitTrace,
+    Event,
+    RunEnded,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepOutput,
+    StepStarted,
+)
+from ._report import DetectReport, MemberReport, Report
 
 # BuildKit names a Dockerfile step `[2/4] RUN ...`; its other vertexes
 # (`[internal] load ...`, `exporting to image`) are plumbing.
@@ -78,7 +88,9 @@ class Instruction:
 
 @dataclass
 class Lane:
-    """One extension's work on one image kind."""
+    """One extension's work on one image kind; or, when `role` is set (a
+    buildpack or extension), its bin/detect or bin/generate, `kind` naming the
+    phase."""
 
     kind: str
     extension: str
@@ -93,6 +105,17 @@ class Lane:
     trace: _trace.Trace = field(default_factory=_trace.Trace)
     emitted: dict[str, int] = field(default_factory=dict)
     current: Instruction | None = None
+    role: str = ""
+    version: str = ""
+    verdict: str = ""
+    code: int | None = None
+    error: str = ""
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The extension (or buildpack) as the user reads it."""
+        return f"{self.extension}@{self.version}" if self.version else self.extension
 
     @property
     def running(self) -> Instruction | None:
@@ -127,6 +150,8 @@ class Tracker:
         self.order: list[Lane] = []
 
     def handle(self, event: Event) -> list[Change]:
+        if isinstance(event, RunStarted | RunEnded | RunFinished):
+            return self._run(event)
         if isinstance(event, StepStarted):
             lane = Lane(
                 event.kind,
@@ -152,15 +177,43 @@ class Tracker:
         lane.state = "done" if event.image else "failed"
         return [*changes, Change("step-finished", lane)]
 
+    def _run(self, event: RunStarted | RunEnded | RunFinished) -> list[Change]:
+        key = (event.phase, f"{event.role} {event.id}@{event.version}")
+        lane = self.lanes.get(key)
+        if lane is None or isinstance(event, RunStarted):
+            lane = Lane(event.phase, event.id, role=event.role, version=event.version)
+            self.lanes[key] = lane
+            self.order.append(lane)
+        if isinstance(event, RunStarted):
+            return [Change("run-started", lane)]
+        if isinstance(event, RunEnded):
+            # Stopped, but its output is not back yet.
+            lane.state = "ended"
+            lane.code = event.code
+            lane.seconds = event.seconds
+            return [Change("run-ended", lane)]
+        lane.verdict = event.verdict
+        lane.error = event.error
+        lane.output = list(event.output)
+        lane.state = "failed" if event.failed else "done"
+        if event.seconds is not None:
+            lane.seconds = event.seconds
+        # What generate prints is for the user, as in the lifecycle; what
+        # detect prints only when it went wrong.
+        shown = lane.output if event.phase == "generate" or event.failed else []
+        changes = [Change("output", lane, None, clean(line)) for line in shown]
+        return [*changes, Change("run-finished", lane)]
+
     def fail(self, error: ImgextError) -> list[Change]:
         """Mark what was running when `error` ended the run."""
         changes: list[Change] = []
         culprit = self._culprit(error)
         for lane in self.order:
-            if lane.state != "running":
+            if lane.state not in ("running", "ended"):
                 continue
+            if lane.state == "running" or lane.seconds is None:
+                lane.seconds = time.monotonic() - lane.started
             lane.state = "failed" if lane is culprit else "cancelled"
-            lane.seconds = time.monotonic() - lane.started
             step = lane.running
             if step is not None:
                 if lane is culprit:
@@ -171,21 +224,26 @@ class Tracker:
                 if step.started is not None and step.seconds is None:
                     step.seconds = time.monotonic() - step.started
                 changes.append(Change("instruction-finished", lane, step))
-            changes.append(Change("step-finished", lane))
+            what = "run-finished" if lane.role else "step-finished"
+            changes.append(Change(what, lane))
         return changes
 
     def failed_output(self) -> list[str]:
-        """The output of the step that failed, as this tracker saw it."""
+        """The output of the step, else the bin/generate, that failed, as this
+        tracker saw it."""
         for lane in self.order:
             for step in lane.instructions.values():
                 if step.error:
                     return list(step.output)
+        for lane in reversed(self.order):
+            if lane.kind == "generate" and lane.state == "failed":
+                return [clean(line) for line in lane.output]
         return []
 
     def _culprit(self, error: ImgextError) -> Lane | None:
         if isinstance(error, Interrupted):
             return None
-        running = [lane for lane in self.order if lane.state == "running"]
+        running = [lane for lane in self.order if lane.state in ("running", "ended")]
         extension = getattr(error, "extension", None)
         path = getattr(error, "path", None)
         for lane in running:
@@ -346,7 +404,10 @@ def human_size(size: int | None) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}s"
+    # Most bin/detect runs take a few hundredths of a second.
+    if value is None:
+        return ""
+    return f"{value:.2f}s" if value < 0.995 else f"{value:.1f}s"
 
 
 def _instruction_result(step: Instruction) -> str:
@@ -396,6 +457,55 @@ SUMMARY_HEADER = (
 )
 
 
+DETECTED_HEADER = ("", "id", "version", "Dockerfiles", "time")
+
+
+def _dockerfiles(member: MemberReport) -> str:
+    kinds = [
+        f"{k} (ignored)" if k == "run" and member.run_ignored else k
+        for k in member.dockerfiles
+    ]
+    return ", ".join(kinds) or "none"
+
+
+def _detected_rows(report: DetectReport) -> list[tuple[str, ...]]:
+    """The group, extensions first as they run first: what each generated and
+    how long its bin/detect and bin/generate took."""
+    rows: list[tuple[str, ...]] = []
+    for role, members in (
+        ("extension", report.extensions),
+        ("buildpack", report.buildpacks),
+    ):
+        for member in members:
+            times = [t for t in (member.detect_seconds, member.generate_seconds) if t]
+            rows.append(
+                (
+                    role,
+                    member.id,
+                    member.version,
+                    _dockerfiles(member) if role == "extension" else "",
+                    _seconds(sum(times)) if times else "",
+                )
+            )
+    return rows
+
+
+def _run_image_line(report: DetectReport) -> str:
+    extend = " (to be extended)" if report.extend_run else ""
+    return f"run image: {report.run_image or 'none'}{extend}"
+
+
+def _who(lane: Lane) -> str:
+    """`extension curl@0.1` for a detect or generate lane, else the extension."""
+    return f"{lane.role} {lane.name}" if lane.role else lane.extension
+
+
+def _run_result(lane: Lane) -> str:
+    word = lane.verdict or lane.state
+    took = f" in {_seconds(lane.seconds)}" if lane.seconds is not None else ""
+    return f"{word}{took}" + (f": {lane.error}" if lane.error else "")
+
+
 # What to do next, for errors raised without a hint of their own.
 _NEXT_STEP = {
     ExitCode.USAGE: "see `imgext <command> --help` and docs/guide.md",
@@ -414,6 +524,12 @@ def next_step(error: ImgextError) -> str | None:
     return error.hint or _NEXT_STEP.get(ExitCode(error.exit_code))
 
 
+def _output_heading(error: ImgextError | None) -> str:
+    if error is None or isinstance(error, StepFailedError):
+        return "output of the failing step (last lines)"
+    return "its output (last lines)"
+
+
 def error_lines(error: ImgextError, output: list[str] | None = None) -> list[str]:
     """The error as the user reads it: message, the step's output, the hint.
 
@@ -423,10 +539,11 @@ def error_lines(error: ImgextError, output: list[str] | None = None) -> list[str
         f"error: {clean(line)}" if i == 0 else clean(line)
         for i, line in enumerate(error.message.splitlines())
     ]
-    if output is None and isinstance(error, StepFailedError):
-        output = error.output
+    if output is None:
+        # A failed step's output, or a failed bin/generate's.
+        output = getattr(error, "output", None)
     if output:
-        lines.append("  output of the failing step (last lines):")
+        lines.append(f"  {_output_heading(error)}:")
         lines.extend(f"  | {clean(line)}" for line in output[-OUTPUT_TAIL:])
     hint = next_step(error)
     if hint:
@@ -460,6 +577,10 @@ class Display:
 
     def summary(self, report: Report, stats: Mapping[str, ImageStats]) -> None:
         """Show what the run produced."""
+
+    def detected(self, report: DetectReport, *, final: bool) -> None:
+        """Show what detect and generate decided; `final` when nothing follows
+        (`imgext detect`), not when extend comes next."""
 
     def error(self, error: ImgextError) -> None:
         """Show why the run failed; `error` ends it."""
@@ -523,6 +644,10 @@ class PlainDisplay(QuietDisplay):
         lines = []
         if change.what == "step-started":
             lines.append(f"{lane.index}/{lane.total} {lane.dockerfile}")
+        elif change.what == "run-started":
+            lines.append(f"bin/{lane.kind}")
+        elif change.what == "run-finished":
+            lines.append(_run_result(lane))
         elif change.what == "output":
             if (
                 step is not None
@@ -543,24 +668,36 @@ class PlainDisplay(QuietDisplay):
             state = "done" if lane.state == "done" else lane.state.upper()
             lines.append(f"{state} in {_seconds(lane.seconds) or '?'}")
         for text in lines:
-            line = clean(f"{_stamp()} {lane.kind:<5} {lane.extension}  {text}")
+            line = clean(f"{_stamp()} {lane.kind:<5} {_who(lane)}  {text}")
             print(line.replace("\n", " "), file=self._out, flush=True)
 
     def summary(self, report: Report, stats: Mapping[str, ImageStats]) -> None:
         with self._lock:
-            rows = [SUMMARY_HEADER, *_summary_rows(report, stats)]
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                cells = (
-                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-                )
-                print(clean("  ".join(cells).rstrip()), file=self._out)
+            self._table([SUMMARY_HEADER, *_summary_rows(report, stats)])
             print(
                 f"done in {report.seconds:.1f}s with the {report.builder or 'no'} "
                 "builder",
                 file=self._out,
                 flush=True,
             )
+
+    def detected(self, report: DetectReport, *, final: bool) -> None:
+        if not final:
+            return
+        with self._lock:
+            self._table([DETECTED_HEADER, *_detected_rows(report)])
+            print(_run_image_line(report), file=self._out)
+            print(f"done in {report.seconds:.2f}s", file=self._out, flush=True)
+
+    def _table(self, rows: list[tuple[str, ...]]) -> None:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            print(clean("  ".join(cells).rstrip()), file=self._out)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 class JsonDisplay(Display):
@@ -576,6 +713,9 @@ class JsonDisplay(Display):
 
     def show(self, change: Change) -> None:
         lane = change.lane
+        if lane.role:
+            self._run(change)
+            return
         fields: dict[str, Any] = {"kind": lane.kind, "extension": lane.extension}
         step = change.instruction
         if change.what in ("step-started", "step-finished"):
@@ -583,16 +723,47 @@ class JsonDisplay(Display):
                 index=lane.index, total=lane.total, dockerfile=lane.dockerfile
             )
         if change.what == "step-finished":
-            fields.update(state=lane.state, image=lane.image, seconds=lane.seconds)
+            fields.update(
+                state=lane.state, image=lane.image, seconds=_rounded(lane.seconds)
+            )
         if step is not None:
             fields.update(position=step.position, instruction=step.text)
         if change.what == "instruction-finished" and step is not None:
             fields.update(
-                cached=step.cached, seconds=step.seconds, error=step.error or None
+                cached=step.cached,
+                seconds=_rounded(step.seconds),
+                error=step.error or None,
             )
         if change.text:
             fields["text"] = change.text
         self._emit(change.what, **fields)
+
+    def _run(self, change: Change) -> None:
+        # A run's output goes whole with its run-finished, not line by line.
+        if change.what == "output":
+            return
+        lane = change.lane
+        fields: dict[str, Any] = {
+            "phase": lane.kind,
+            "role": lane.role,
+            "id": lane.extension,
+            "version": lane.version,
+        }
+        if change.what == "run-ended":
+            fields.update(code=lane.code, seconds=_rounded(lane.seconds))
+        if change.what == "run-finished":
+            fields.update(
+                state=lane.state,
+                verdict=lane.verdict or None,
+                seconds=_rounded(lane.seconds),
+                output=lane.output,
+                error=lane.error or None,
+            )
+        self._emit(change.what, **fields)
+
+    def detected(self, report: DetectReport, *, final: bool) -> None:
+        with self._lock:
+            self._emit("report" if final else "detected", report=report.to_dict())
 
     def log(self, record: logging.LogRecord) -> None:
         with self._lock:
@@ -698,6 +869,8 @@ class LiveDisplay(Display):
                     change.text,
                 )
             )
+        elif change.what == "run-finished":
+            self._run_finished(lane)
         elif change.what == "step-finished" and lane.state != "running":
             icon, style = _ICONS.get(lane.state, ("", ""))
             self._pending.append(
@@ -711,6 +884,32 @@ class LiveDisplay(Display):
                 )
             )
 
+    def _run_finished(self, lane: Lane) -> None:
+        # A detect that did not pass is routine (another group may), so it
+        # gets no cross unless it ended in an error.
+        icon, style = _ICONS.get(lane.state, ("", ""))
+        if lane.verdict in ("fail", "skip"):
+            icon, style = "-", "dim"
+        self._pending.append(
+            Text.assemble(
+                (f"{icon} ", style),
+                (f"{lane.kind} ", "bold"),
+                (f"{lane.role} "),
+                (lane.name, "magenta"),
+                f": {_run_result(lane)}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+        )
+        shown = lane.output if lane.kind == "generate" or lane.state == "failed" else []
+        if lane.state == "failed" and shown:
+            self._tail_shown = True
+            self._pending.append(Text("  its output (last lines):", "red"))
+        for line in shown[-OUTPUT_TAIL:]:
+            self._pending.append(
+                Text(f"  | {clean(line)}", "dim", no_wrap=True, overflow="ellipsis")
+            )
+
     def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
@@ -721,7 +920,9 @@ class LiveDisplay(Display):
         with self._lock:
             columns: dict[str, list[RenderableType]] = {}
             for lane in self.tracker.order:
-                if lane.state == "running":
+                # An ended run waits for the rest of its batch: still shown,
+                # without a spinner, so it is clear what the batch waits for.
+                if lane.state in ("running", "ended"):
                     columns.setdefault(lane.kind, []).extend(self._lane(lane))
         if not columns:
             return Text("")
@@ -742,12 +943,17 @@ class LiveDisplay(Display):
         title = Text.assemble(
             (f"{lane.kind} ", "bold"),
             (f"{lane.index}/{lane.total} " if lane.total else "", "bold"),
-            (lane.extension, "magenta"),
+            (f"{lane.role} " if lane.role else ""),
+            (lane.name, "magenta"),
         )
         grid = Table.grid(expand=True)
         grid.add_column(width=2)
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         grid.add_column(justify="right", no_wrap=True)
+        if lane.state == "ended":
+            title.append(f"  exit {lane.code}", "dim")
+            grid.add_row("·", title, Text(_seconds(lane.seconds), "dim"))
+            return [grid]
         grid.add_row(spinner, title, Text(_seconds(time.monotonic() - lane.started)))
         step = lane.running
         if step is not None:
@@ -793,6 +999,19 @@ class LiveDisplay(Display):
             f"done in {report.seconds:.1f}s with the {report.builder or 'no'} builder",
             style="bold green",
         )
+
+    def detected(self, report: DetectReport, *, final: bool) -> None:
+        if not final:
+            return
+        self.close()
+        table = Table(show_edge=False, header_style="bold")
+        for name in DETECTED_HEADER:
+            table.add_column(name, overflow="fold")
+        for row in _detected_rows(report):
+            table.add_row(*row)
+        self.console.print(table)
+        self.console.print(_run_image_line(report))
+        self.console.print(f"done in {report.seconds:.2f}s", style="bold green")
 
     def error(self, error: ImgextError) -> None:
         super().error(error)

@@ -1,4 +1,4 @@
-"""What an extend run did, as written by `--report`."""
+"""What an extend or detect run did, as written by `--report`."""
 
 from __future__ import annotations
 
@@ -59,6 +59,47 @@ class Report:
             "builder": self.builder,
             "seconds": round(self.seconds, 3),
         }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+@dataclass
+class MemberReport:
+    """A buildpack or extension of the detected group; `dockerfiles` lists the
+    kinds an extension generated, `run_ignored` that a later run image switch
+    makes its run Dockerfile moot."""
+
+    id: str
+    version: str
+    detect_seconds: float | None = None
+    generate_seconds: float | None = None
+    dockerfiles: list[str] = field(default_factory=list)
+    run_ignored: bool = False
+
+
+@dataclass
+class DetectReport:
+    """What detect and generate decided and where they wrote it."""
+
+    layers: str
+    buildpacks: list[MemberReport] = field(default_factory=list)
+    extensions: list[MemberReport] = field(default_factory=list)
+    run_image: str | None = None
+    extend_run: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        for member in (*data["buildpacks"], *data["extensions"]):
+            for key in ("detect_seconds", "generate_seconds"):
+                if member[key] is not None:
+                    member[key] = round(member[key], 3)
+        for member in data["buildpacks"]:
+            for key in ("generate_seconds", "dockerfiles", "run_ignored"):
+                del member[key]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

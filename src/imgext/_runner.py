@@ -57,22 +57,31 @@ CONTAINER_APP = "/workspace"
 CONTAINER_PLATFORM = "/platform"
 CONTAINER_SCRATCH = "/imgext"
 
+# Each job's start and end are announced on the driver's stderr as they
+# happen (lines far below PIPE_BUF, so parallel jobs never interleave), which
+# is what lets a display follow a batch live; its files come back at the end.
 _DRIVER = """\
 #!/bin/sh
 # imgext batch driver: $1 is the batch folder, $2 "parallel" or "serial".
 cd "$1" || exit 120
+one() {
+  echo "@@imgext-job start $1" >&2
+  sh "./$1.sh" >"$1.out" 2>"$1.err" </dev/null
+  code=$?
+  echo "$code" >"$1.code"
+  echo "@@imgext-job end $1 $code" >&2
+  return "$code"
+}
 for job in $(cat jobs); do
   if [ "$2" = parallel ]; then
-    ( sh "./$job.sh" >"$job.out" 2>"$job.err" </dev/null; echo $? >"$job.code" ) &
+    one "$job" &
   else
-    sh "./$job.sh" >"$job.out" 2>"$job.err" </dev/null
-    code=$?
-    echo "$code" >"$job.code"
-    [ "$code" -eq 0 ] || break
+    one "$job" || break
   fi
 done
 wait
 """
+_MARKER = b"@@imgext-job "
 
 # Shell functions that send files back on stdout with as few processes as
 # possible (one find per tree, one wc and one cat in all), as process starts
@@ -231,6 +240,46 @@ class Target:
         return tuple((k, v) for k, v in pairs if v)
 
 
+JobListener = Callable[[str, int | None], None]
+"""Told a job's name when it starts (None) and ends (its exit code)."""
+
+
+def no_listener(job: str, code: int | None) -> None:
+    """The job listener used when nobody follows a batch."""
+
+
+class JobMarkers:
+    """Reads the driver's stderr: job markers go to the listener, anything
+    else is kept as the driver's own complaint."""
+
+    def __init__(self, listener: JobListener) -> None:
+        self._listener = listener
+        self._pending = b""
+        self.other = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._pending:
+            self._line(self._pending)
+            self._pending = b""
+
+    def _line(self, line: bytes) -> None:
+        words = line.removeprefix(_MARKER).split()
+        if not line.startswith(_MARKER) or len(words) < 2:
+            self.other += line + b"\n"
+            return
+        name = words[1].decode(errors="replace")
+        if words[0] == b"start":
+            self._listener(name, None)
+        elif len(words) == 3 and words[2].isdigit():
+            self._listener(name, int(words[2]))
+
+
 class Runner:
     """Where executables run; subclasses move files and start the driver."""
 
@@ -255,8 +304,13 @@ class Runner:
     def batch(self, name: str) -> Batch:
         raise NotImplementedError
 
-    def run(self, batch: Batch, *, parallel: bool) -> Path:
-        """Run every job of `batch`; return a local folder with its results."""
+    def run(
+        self, batch: Batch, *, parallel: bool, on_job: JobListener = no_listener
+    ) -> Path:
+        """Run every job of `batch`; return a local folder with its results.
+
+        `on_job` hears of each job's start and end while the batch runs.
+        """
         raise NotImplementedError
 
     def component_root(self, local: Path) -> str:
@@ -290,7 +344,9 @@ class HostRunner(Runner):
     def batch(self, name: str) -> Batch:
         return Batch(name, str(self._scratch / name))
 
-    def run(self, batch: Batch, *, parallel: bool) -> Path:
+    def run(
+        self, batch: Batch, *, parallel: bool, on_job: JobListener = no_listener
+    ) -> Path:
         folder = Path(batch.path)
         for name, data in _materials(batch, self).items():
             path = folder / name
@@ -300,11 +356,22 @@ class HostRunner(Runner):
             else:
                 path.write_bytes(data)
         mode = "parallel" if parallel else "serial"
-        subprocess.run(
+        markers = JobMarkers(on_job)
+        with subprocess.Popen(
             ["/bin/sh", str(self._scratch / "driver.sh"), str(folder), mode],
-            check=False,
             stdin=subprocess.DEVNULL,
-        )
+            stderr=subprocess.PIPE,
+        ) as driver:
+            assert driver.stderr is not None
+            for line in driver.stderr:
+                markers.feed(line)
+        markers.close()
+        if markers.other.strip():
+            log.debug(
+                "batch driver: %s",
+                markers.other.decode(errors="replace").strip(),
+                extra={"phase": batch.name.partition("-")[0]},
+            )
         return folder
 
     def component_root(self, local: Path) -> str:
@@ -461,7 +528,9 @@ class ContainerRunner(Runner):
     def batch(self, name: str) -> Batch:
         return Batch(name, f"{CONTAINER_SCRATCH}/{name}")
 
-    def run(self, batch: Batch, *, parallel: bool) -> Path:
+    def run(
+        self, batch: Batch, *, parallel: bool, on_job: JobListener = no_listener
+    ) -> Path:
         materials = _materials(batch, self)
         mode = "parallel" if parallel else "serial"
         folders = [batch.path] + [
@@ -484,7 +553,7 @@ class ContainerRunner(Runner):
             f"sh {CONTAINER_SCRATCH}/driver.sh {shell_quote(batch.path)} {mode}\n"
             f"sh {CONTAINER_SCRATCH}/emit.sh {shell_quote(batch.path)} {trees}\n"
         )
-        stdout = self._exec(["/bin/sh", "-c", script])
+        stdout = self._exec(["/bin/sh", "-c", script], on_job)
         local = self._local / batch.name
         shutil.rmtree(local, ignore_errors=True)
         special = _unpack(stdout, local)
@@ -522,25 +591,31 @@ class ContainerRunner(Runner):
         except docker.errors.APIError as exc:
             raise DaemonError(f"cannot copy inputs into the builder: {exc}") from None
 
-    def _exec(self, command: list[str]) -> bytes:
+    def _exec(self, command: list[str], on_job: JobListener = no_listener) -> bytes:
         assert self._container is not None
         api = self._daemon.client
+        stdout = bytearray()
+        markers = JobMarkers(on_job)
         try:
             created = api.exec_create(self._container, command, user=self.user)
-            stdout, stderr = api.exec_start(created["Id"], demux=True)
+            # Streamed, so that the driver's job markers arrive as they happen.
+            for out, err in api.exec_start(created["Id"], stream=True, demux=True):
+                stdout += out or b""
+                markers.feed(err or b"")
+            markers.close()
             code = api.exec_inspect(created["Id"]).get("ExitCode")
         except docker.errors.APIError as exc:
             raise DaemonError(
                 f"cannot run in the builder container: {exc.explanation or exc}"
             ) from None
         if code != 0:
-            text = (stderr or b"").decode(errors="replace").strip()
+            text = markers.other.decode(errors="replace").strip()
             raise UsageError(
                 f"the builder {self._image} cannot run imgext's shell driver "
                 f"(exit {code}): {text}",
                 hint="a builder needs sh, env, cat, wc, tr, find, mkdir and sleep",
             )
-        return stdout or b""
+        return bytes(stdout)
 
     def _fetch(self, path: str, into: Path) -> None:
         assert self._container is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import filecmp
 import io
+import json
+import re
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from tests.conftest import BUILD_TINY, RUN_ALT_TINY, RUN_TINY
 pytestmark = pytest.mark.daemon
 
 SWITCH_BUILD_RUN = "run-switch,build-ext,run-ext"
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @pytest.fixture(scope="module")
@@ -368,3 +371,86 @@ def test_a_run_dockerfile_before_a_switch_is_ignored(
     analyzed = tomllib.loads((layers / "analyzed.toml").read_text())
     # Only the switch is left, and it adds nothing after FROM: no extend.
     assert analyzed["run-image"] == {"reference": RUN_ALT_TINY, "image": RUN_ALT_TINY}
+
+
+def test_builder_detect_in_json_and_plain(
+    tmp_path: Path, app: Path, builder: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "detect.json"
+    code, _ = _detect(
+        tmp_path,
+        app,
+        SWITCH_BUILD_RUN,
+        "--builder",
+        builder,
+        "--json",
+        "--report",
+        str(report),
+    )
+    assert code == ExitCode.OK
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Each executable run in the builder container was followed as it went.
+    ran = [(e["phase"], e["id"]) for e in events if e["event"] == "run-ended"]
+    assert ("detect", "test/requirer") in ran
+    assert ("generate", "test/build-ext") in ran
+    assert all(
+        e["code"] == 0
+        for e in events
+        if e["event"] == "run-ended" and e["phase"] == "generate"
+    )
+    assert events[-1]["event"] == "report"
+    assert events[-1]["report"] == json.loads(report.read_text())
+    assert [e["id"] for e in events[-1]["report"]["extensions"]] == [
+        "test/run-switch",
+        "test/build-ext",
+        "test/run-ext",
+    ]
+
+    code, _ = _detect(
+        tmp_path, app, SWITCH_BUILD_RUN, "--builder", builder, name="plain"
+    )
+    assert code == ExitCode.OK
+    out = capsys.readouterr().out
+    assert not CONTROL.search(out.replace("\n", ""))
+    assert "detect buildpack test/requirer@0.0.1  pass in " in out
+    assert (
+        "generate extension test/build-ext@0.0.1  | build-ext generated for linux"
+        in out
+    )
+    assert f"run image: {RUN_ALT_TINY} (to be extended)" in out
+
+
+def test_one_command_shows_detect_then_the_builds(
+    tmp_path: Path,
+    app: Path,
+    builder: str,
+    unique_tag: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    platform = cnb.platform(tmp_path / "platform", BP_REQUIRES="build-ext")
+    code = main(
+        [
+            "extend",
+            "--app",
+            str(app),
+            "--builder",
+            builder,
+            "--platform",
+            str(platform),
+            "--run-image",
+            RUN_TINY,
+            "--build-tag",
+            f"{unique_tag}/build:json",
+            "--json",
+        ]
+    )
+    assert code == ExitCode.OK
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    names = [e["event"] for e in events]
+    # Detect and generate first, what they decided, then the build, the report.
+    assert names.index("run-finished") < names.index("detected")
+    assert names.index("detected") < names.index("step-started")
+    assert names[-1] == "report"
+    detected = events[names.index("detected")]["report"]
+    assert [e["id"] for e in detected["extensions"]] == ["test/build-ext"]
+    assert events[-1]["report"]["build"]["tag"] == f"{unique_tag}/build:json"

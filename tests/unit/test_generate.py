@@ -242,7 +242,7 @@ def test_failing_generate_stops_with_the_lifecycle_code(tmp_path: Path) -> None:
     assert failed.value.exit_code == ExitCode.EXTENSION_FAILED
     assert "extension test/fails" in str(failed.value)
     assert "exit code 3" in str(failed.value)
-    assert "cannot reach the package index" in str(failed.value)
+    assert "cannot reach the package index" in failed.value.output
 
 
 def test_generate_gets_the_arguments_and_environment_of_the_spec(
