@@ -195,6 +195,15 @@ def sample_store(root: Path) -> tuple[Path, Path, Path]:
         echo "$(id -u):$(id -g) $(pwd) $CNB_PLATFORM_DIR" >"$1/context/whoami"
         """,
     )
+    # Not in the order: tests that interrupt detect name it in an order of
+    # their own.
+    component(
+        extensions,
+        "extension",
+        "test/sleeps",
+        detect="sleep 60\n",
+        generate="exit 1\n",
+    )
     component(buildpacks, "buildpack", "test/requirer", detect=REQUIRER_DETECT)
     component(buildpacks, "buildpack", "test/checker", detect=CHECKER_DETECT)
     order_path = order(

@@ -14,7 +14,7 @@ from typing import NoReturn
 from . import __version__, _doctor, _inspect, _log, _prepare, _progress, _publish
 from ._daemon import Builder, Daemon
 from ._dockerfile import Kind
-from ._errors import ExitCode, ImgextError, UsageError
+from ._errors import ExitCode, ImgextError, Interrupted, UsageError
 from ._extend import ExtendOptions, extend
 from ._report import Report, write_atomically
 
@@ -277,6 +277,10 @@ def _run_extend(args: argparse.Namespace) -> int:
                 report = extend(extend_options(args), on_event=display)
                 if args.publish:
                     _publish.publish_report(Daemon.connect(), report)
+        except KeyboardInterrupt:
+            # Ctrl-C during detect and generate: the builder container is gone
+            # by now; the display marks what was running as stopped.
+            return _interrupted(display, "interrupted: nothing was extended")
         except ImgextError as exc:
             display.error(exc)
             return int(exc.exit_code)
@@ -292,6 +296,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     with display, _progress.routed_logs(display):
         try:
             prepared = _prepare.prepare(options, on_event=display)
+        except KeyboardInterrupt:
+            return _interrupted(display, "interrupted: no file was written")
         except ImgextError as exc:
             display.error(exc)
             return int(exc.exit_code)
@@ -300,6 +306,12 @@ def _run_detect(args: argparse.Namespace) -> int:
             write_atomically(args.report, report.to_json())
         display.detected(report, final=True)
     return ExitCode.OK
+
+
+def _interrupted(display: _progress.Display, message: str) -> int:
+    error = Interrupted(message)
+    display.error(error)
+    return int(error.exit_code)
 
 
 def _image_stats(report: Report) -> dict[str, _progress.ImageStats]:

@@ -144,11 +144,6 @@ def prepare(
             store, runner, platform_env=env, platform_api=api, on_event=on_event
         )
         detected = detector.detect(read_order(order_path))
-        layers = options.layers
-        layers.mkdir(parents=True, exist_ok=True)
-        write_toml(options.group or layers / "group.toml", detected.group_toml())
-        plan_path = options.plan or layers / "plan.toml"
-        write_toml(plan_path, detected.plan_toml())
         outputs, remaining = generate(
             detected.extensions,
             detected.plan,
@@ -157,15 +152,22 @@ def prepare(
             on_event=on_event,
         )
         choice = select_run_image(outputs)
+        new_analyzed = update_analyzed(
+            analyzed, choice, platform_api=api, known_run_images=run_images
+        )
+        # Nothing is written until both phases are through: a failure or
+        # Ctrl-C leaves the layers folder as it was. The generated outputs are
+        # copied out before the runner's scratch space goes.
+        layers = options.layers
+        layers.mkdir(parents=True, exist_ok=True)
         write_generated(
             outputs, options.generated or layers / "generated", platform_api=api
         )
-    new_analyzed = update_analyzed(
-        analyzed, choice, platform_api=api, known_run_images=run_images
-    )
-    write_toml(analyzed_path, new_analyzed)
+    write_toml(options.group or layers / "group.toml", detected.group_toml())
+    # The plan left for buildpacks: what the extensions met is taken out.
     detected.plan = remaining
-    write_toml(plan_path, detected.plan_toml())
+    write_toml(options.plan or layers / "plan.toml", detected.plan_toml())
+    write_toml(analyzed_path, new_analyzed)
     seconds = time.monotonic() - began
     log.debug(
         "detect and generate done in %.2fs: %d buildpack(s), %d extension(s)",

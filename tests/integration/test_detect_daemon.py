@@ -7,6 +7,9 @@ import filecmp
 import io
 import json
 import re
+import signal
+import subprocess
+import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -454,3 +457,41 @@ def test_one_command_shows_detect_then_the_builds(
     detected = events[names.index("detected")]["report"]
     assert [e["id"] for e in detected["extensions"]] == ["test/build-ext"]
     assert events[-1]["report"]["build"]["tag"] == f"{unique_tag}/build:json"
+
+
+def test_ctrl_c_during_builder_detect_leaves_nothing(
+    tmp_path: Path, app: Path, builder: str, docker_api: docker.APIClient
+) -> None:
+    order = cnb.order(tmp_path / "order.toml", [["test/requirer"]], ["test/sleeps"])
+    layers = tmp_path / "layers"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "imgext", "detect", "--app", str(app),
+            "--layers", str(layers), "--builder", builder, "--order", str(order),
+            "--platform", str(cnb.platform(tmp_path / "platform")), "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == "run-started" and seen[-1]["id"] == "test/sleeps":
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    events = seen + [json.loads(line) for line in out.splitlines()]
+    # The sleeping detect is shown as stopped; the last line says why.
+    stopped = [
+        e for e in events if e["event"] == "run-finished" and e["id"] == "test/sleeps"
+    ]
+    assert stopped[0]["state"] == "cancelled"
+    assert events[-1]["event"] == "error"
+    assert events[-1]["exit_code"] == 130
+    assert events[-1]["message"] == "interrupted: no file was written"
+    assert not layers.exists() or list(layers.iterdir()) == []
+    # The process waited for its builder container to go before it exited.
+    assert _containers(docker_api, builder) == []

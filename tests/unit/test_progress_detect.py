@@ -211,8 +211,15 @@ def test_failing_generate_in_json_and_quiet(
         for display in displays:
             display(event)
 
+    # What an earlier run wrote is left as it was: nothing is written until
+    # detect and generate are both through.
+    layers = tmp_path / "layers"
+    layers.mkdir()
+    (layers / "group.toml").write_text("# earlier\n")
     with pytest.raises(ImgextError) as failed:
         run(tmp_path, store, both, requires="fails")
+    assert [p.name for p in layers.iterdir()] == ["group.toml"]
+    assert (layers / "group.toml").read_text() == "# earlier\n"
     for display in displays:
         display.error(failed.value)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
