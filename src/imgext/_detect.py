@@ -235,12 +235,42 @@ class Store:
         self._folders = {EXTENSION: extensions, BUILDPACK: buildpacks}
         self._runner = runner
         self._found: dict[tuple[str, str, str], Component] = {}
+        self._acyclic: set[tuple[str, str]] = set()
 
     def lookup(self, element: Element) -> Component:
         key = (element.kind, element.id, element.version)
         if key not in self._found:
             self._found[key] = self._read(element)
         return self._found[key]
+
+    def check_nesting(self, element: Element) -> None:
+        """Refuse a composite buildpack that contains itself, at any depth.
+
+        The lifecycle recurses without end on one; the check walks each
+        composite's order once, before detection expands it.
+        """
+        self._walk(element, ())
+
+    def _walk(self, element: Element, path: tuple[tuple[str, str], ...]) -> None:
+        try:
+            component = self.lookup(element)
+        except UsageError:
+            # Detection reports a missing buildpack, if it ever gets there.
+            return
+        key = (component.id, component.version)
+        if key in path:
+            chain = " -> ".join(f"{i}@{v}" for i, v in (*path, key))
+            raise UsageError(
+                f"composite buildpack {component.id}@{component.version} contains "
+                f"itself: {chain}",
+                hint="fix the order of the buildpacks named, in the builder",
+            )
+        if key in self._acyclic or not component.order:
+            return
+        for group in component.order:
+            for inner in group:
+                self._walk(inner, (*path, key))
+        self._acyclic.add(key)
 
     def _read(self, element: Element) -> Component:
         kind = element.kind
@@ -367,8 +397,7 @@ class Detector:
                 continue
             component = self._store.lookup(item)
             if component.order:
-                # TODO: a composite buildpack that contains itself recurses
-                # without end, as in the lifecycle; nothing detects the cycle.
+                self._store.check_nesting(item)
                 return self._order(component.order, done, rest, optional=item.optional)
             member = Member(item, component)
             if not item.optional and not self._target_matches(component):

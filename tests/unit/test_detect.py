@@ -248,6 +248,39 @@ def test_composite_buildpacks_are_resolved(tmp_path: Path) -> None:
     assert detect(tmp_path, order_path)[1] == ["inner-b"]
 
 
+def _composite(buildpacks: Path, name: str, *inner: str) -> None:
+    groups = "".join(
+        f'[[order]]\n[[order.group]]\nid = "{i}"\nversion = "0.0.1"\n' for i in inner
+    )
+    cnb.component(buildpacks, "buildpack", name, extra=groups)
+
+
+def test_a_composite_that_contains_itself_is_refused(tmp_path: Path) -> None:
+    buildpacks = tmp_path / "buildpacks"
+    cnb.component(buildpacks, "buildpack", "leaf", detect="exit 0\n")
+    # outer -> middle -> (missing, leaf, outer): the cycle is found past a
+    # buildpack that is not there and a plain one.
+    _composite(buildpacks, "outer", "middle")
+    _composite(buildpacks, "middle", "missing", "leaf", "outer")
+    order_path = cnb.order(tmp_path / "order.toml", [["outer"]])
+    with pytest.raises(UsageError) as refused:
+        detect(tmp_path, order_path)
+    assert refused.value.exit_code == ExitCode.USAGE
+    assert str(refused.value) == (
+        "composite buildpack outer@0.0.1 contains itself: "
+        "outer@0.0.1 -> middle@0.0.1 -> outer@0.0.1"
+    )
+
+
+def test_a_composite_used_twice_is_no_cycle(tmp_path: Path) -> None:
+    buildpacks = tmp_path / "buildpacks"
+    cnb.component(buildpacks, "buildpack", "leaf", detect="exit 0\n")
+    _composite(buildpacks, "shared", "leaf")
+    _composite(buildpacks, "first", "shared")
+    order_path = cnb.order(tmp_path / "order.toml", [["first", "shared"]])
+    assert detect(tmp_path, order_path)[1] == ["leaf"]
+
+
 def test_detect_gets_the_arguments_and_environment_of_the_spec(tmp_path: Path) -> None:
     cnb.component(
         tmp_path / "buildpacks",
