@@ -99,7 +99,20 @@ CHECKER_DETECT = """\
 [ -n "$CNB_TARGET_OS" ] && [ -n "$CNB_TARGET_ARCH" ] || exit 16
 [ "${FROM_PLATFORM:-}" = "a value" ] || exit 17
 [ -z "${CNB_USER_ID:-}" ] || exit 18
+# From the builder's /cnb/build-config/env (see BUILD_CONFIG): an override, a
+# default the platform's value beats, and a prepend to the inherited PATH.
+[ "${IMGEXT_TEST_CONFIG:-}" = "from-config" ] || exit 19
+[ "${FROM_PLATFORM:-}" = "a value" ] || exit 20
+case $PATH in /config/bin:?*) ;; *) exit 21 ;; esac
 """
+
+# The build config of the test builder image: /cnb/build-config/env.
+BUILD_CONFIG = {
+    "IMGEXT_TEST_CONFIG": "from-config",
+    "FROM_PLATFORM.default": "the platform sets it",
+    "PATH.prepend": "/config/bin",
+    "PATH.delim": ":",
+}
 
 
 def sample_store(root: Path) -> tuple[Path, Path, Path]:
@@ -235,8 +248,8 @@ def platform(root: Path, **env: str) -> Path:
 def builder_context(
     base: str, extensions: Path, buildpacks: Path, order: Path
 ) -> bytes:
-    """A tar build context for a builder image: /cnb from the folders given,
-    root-owned and readable, the image's own user kept."""
+    """A tar build context for a builder image: /cnb from the folders given
+    plus BUILD_CONFIG, root-owned and readable, the image's own user kept."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         dockerfile = (
@@ -249,6 +262,11 @@ def builder_context(
         tar.add(extensions, "cnb/extensions")
         tar.add(buildpacks, "cnb/buildpacks")
         tar.add(order, "cnb/order.toml")
+        for name, text in BUILD_CONFIG.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"cnb/build-config/env/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 

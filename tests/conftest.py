@@ -51,7 +51,9 @@ def unique_tag(docker_api: docker.APIClient) -> Iterator[str]:
     """A tag prefix of this test's own; every tag under it is removed after."""
     prefix = f"imgext-it/{uuid.uuid4().hex[:10]}"
     yield prefix
-    for image in docker_api.images(filters={"reference": f"{prefix}*"}):
+    # Every image, not a reference filter: its `*` stops at a `/`, and tests
+    # name tags both `<prefix>-x:1` and `<prefix>/x:1`.
+    for image in docker_api.images():
         for tag in image.get("RepoTags") or []:
             if tag.startswith(prefix):
                 docker_api.remove_image(tag, noprune=True)

@@ -335,11 +335,13 @@ class Detector:
         *,
         platform_env: Sequence[tuple[str, str]],
         platform_api: tuple[int, int],
+        build_config: Sequence[tuple[str, str]] = (),
         on_event: Listener = ignore,
     ) -> None:
         self._store = store
         self._runner = runner
         self._platform_env = tuple(platform_env)
+        self._build_config = tuple(build_config)
         self._platform_api = platform_api
         self._on_event = on_event
         self._runs: dict[tuple[str, str, str], DetectRun] = {}
@@ -487,6 +489,8 @@ class Detector:
             args=(self._runner.platform, plan),
             env=tuple(env),
             platform_env=() if component.clear_env else self._platform_env,
+            # The operator's variables apply even to clear-env components.
+            build_config=self._build_config,
         )
 
     def _resolve(self, done: list[Member]) -> tuple[list[Member], list[PlanEntry]]:

@@ -81,6 +81,7 @@ def generate(
     runner: Runner,
     *,
     platform_env: Sequence[tuple[str, str]],
+    build_config: Sequence[tuple[str, str]] = (),
     on_event: Listener = ignore,
 ) -> tuple[list[Output], list[PlanEntry]]:
     """Run the extensions' generate in group order; return outputs and the plan
@@ -119,6 +120,7 @@ def generate(
                     *runner.target.env(),
                 ),
                 platform_env=() if component.clear_env else tuple(platform_env),
+                build_config=tuple(build_config),
             )
         )
     clock = JobClock(on_event, "generate", jobs)

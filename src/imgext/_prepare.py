@@ -40,6 +40,7 @@ BUILDER_EXTENSIONS = "/cnb/extensions"
 BUILDER_BUILDPACKS = "/cnb/buildpacks"
 BUILDER_ORDER = "/cnb/order.toml"
 BUILDER_RUN = "/cnb/run.toml"
+BUILDER_BUILD_CONFIG = "/cnb/build-config"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class PrepareOptions:
     buildpacks: Path | None = None
     order: Path | None = None
     platform: Path | None = None
+    # The operator's build config; its env/ is applied after the platform's.
+    build_config: Path | None = None
     generated: Path | None = None
     analyzed: Path | None = None
     group: Path | None = None
@@ -134,21 +137,34 @@ def prepare(
     elif analyzed_path.exists():
         analyzed = load_toml(analyzed_path, "analyzed file")
     with _runner(options, platform, target_of(analyzed), daemon) as runner:
-        extensions, buildpacks, order_path, run_path = _sources(options, runner)
-        run_images = read_run_images(run_path)
+        sources = _sources(options, runner)
+        run_images = read_run_images(sources.run)
         if fresh:
             analyzed["run-image"] = _run_image(options.run_image, run_images)
-        store = Store(extensions, buildpacks, runner)
+        store = Store(sources.extensions, sources.buildpacks, runner)
         env = platform_env(platform)
+        config = env_files(sources.build_config / "env")
+        if config:
+            log.debug(
+                "build config: %s",
+                ", ".join(name for name, _ in config),
+                extra={"phase": "detect"},
+            )
         detector = Detector(
-            store, runner, platform_env=env, platform_api=api, on_event=on_event
+            store,
+            runner,
+            platform_env=env,
+            platform_api=api,
+            build_config=config,
+            on_event=on_event,
         )
-        detected = detector.detect(read_order(order_path))
+        detected = detector.detect(read_order(sources.order))
         outputs, remaining = generate(
             detected.extensions,
             detected.plan,
             runner,
             platform_env=env,
+            build_config=config,
             on_event=on_event,
         )
         choice = select_run_image(outputs)
@@ -194,7 +210,13 @@ def _runner(
             options.builder,
             options.app,
             platform,
-            mirror=[BUILDER_EXTENSIONS, BUILDER_BUILDPACKS, BUILDER_ORDER, BUILDER_RUN],
+            mirror=[
+                BUILDER_EXTENSIONS,
+                BUILDER_BUILDPACKS,
+                BUILDER_ORDER,
+                BUILDER_RUN,
+                f"{BUILDER_BUILD_CONFIG}/env/",
+            ],
             network=options.network,
         )
     else:
@@ -214,39 +236,50 @@ def _run_image(given: str | None, known: list[str] | None) -> dict[str, str]:
     return {"reference": image, "image": image}
 
 
-def _sources(
-    options: PrepareOptions, runner: Runner
-) -> tuple[Path | None, Path | None, Path, Path | None]:
-    """Extensions and buildpacks folders, order.toml and run.toml to read."""
+@dataclass(frozen=True)
+class Sources:
+    """What detection reads, as local paths."""
+
+    extensions: Path | None
+    buildpacks: Path | None
+    order: Path
+    run: Path | None
+    build_config: Path
+
+
+def _sources(options: PrepareOptions, runner: Runner) -> Sources:
+    """From the builder's mirror when in a builder, else host paths."""
     if isinstance(runner, ContainerRunner):
         mirror = runner.mirrored
         order = options.order or mirror / BUILDER_ORDER.lstrip("/")
         if not order.is_file():
             raise UsageError(f"builder {options.builder} has no {BUILDER_ORDER}")
-        return (
+        return Sources(
             mirror / BUILDER_EXTENSIONS.lstrip("/"),
             mirror / BUILDER_BUILDPACKS.lstrip("/"),
             order,
             options.run or mirror / BUILDER_RUN.lstrip("/"),
+            options.build_config or mirror / BUILDER_BUILD_CONFIG.lstrip("/"),
         )
     in_layers = options.layers / "order.toml"
     default_order = in_layers if in_layers.is_file() else Path(BUILDER_ORDER)
-    return (
+    return Sources(
         options.extensions or Path(BUILDER_EXTENSIONS),
         options.buildpacks or Path(BUILDER_BUILDPACKS),
         options.order or default_order,
         options.run or Path(BUILDER_RUN),
+        options.build_config or Path(BUILDER_BUILD_CONFIG),
     )
 
 
 def platform_env(platform: Path | None) -> list[tuple[str, str]]:
-    """`<platform>/env/<NAME>` files as variables, the file's content the value.
+    """`<platform>/env/<NAME>` files as variables, the file's content the value."""
+    return env_files(platform / "env") if platform else []
 
-    TODO: the builder's build config (`/cnb/build-config/env`, which overrides
-    the platform's values) is not applied yet; no test builder has one.
-    """
-    folder = platform / "env" if platform else None
-    if folder is None or not folder.is_dir():
+
+def env_files(folder: Path) -> list[tuple[str, str]]:
+    """The files of an env folder, by name, sorted as the lifecycle reads them."""
+    if not folder.is_dir():
         return []
     found = []
     for path in sorted(folder.iterdir()):
@@ -312,6 +345,15 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, env: bool) -> None:
             "<layers>/order.toml, else the builder's or /cnb/order.toml",
             "CNB_ORDER_PATH",
         ),
+    )
+    parser.add_argument(
+        "--build-config",
+        type=Path,
+        default=os.environ.get("CNB_BUILD_CONFIG_DIR") or None,
+        help="the operator's build config; its env/ gives variables to "
+        "bin/detect and bin/generate after the platform's (default: the "
+        "builder's /cnb/build-config, or /cnb/build-config on the host) "
+        "[CNB_BUILD_CONFIG_DIR]",
     )
     parser.add_argument(
         "--platform",
@@ -408,6 +450,7 @@ def detect_options(args: argparse.Namespace) -> PrepareOptions:
         buildpacks=args.buildpacks,
         order=args.order,
         platform=args.platform,
+        build_config=args.build_config,
         generated=args.generated,
         analyzed=args.analyzed,
         group=args.group,
@@ -447,6 +490,7 @@ def one_command(
                 buildpacks=args.buildpacks,
                 order=args.order,
                 platform=args.platform,
+                build_config=args.build_config,
                 generated=args.generated,
                 analyzed=args.analyzed,
                 group=args.group,

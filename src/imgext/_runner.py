@@ -129,11 +129,19 @@ send() {
 """
 
 # Sends what detection reads from a builder image (descriptors, static plans
-# and outputs, which executables exist), without its possibly large bin/.
+# and outputs, which executables exist), without its possibly large bin/. A
+# source ending in / is a folder whose own files are sent (build-config/env).
 _MIRROR = f"""\
 #!/bin/sh
 {_FRAMING}
 for source in "$@"; do
+  case $source in
+  */)
+    for path in "$source"*; do
+      if [ -f "$path" ]; then file "$path"; fi
+    done
+    continue ;;
+  esac
   if [ -f "$source" ]; then
     file "$source"
     continue
@@ -192,6 +200,8 @@ class Job:
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     platform_env: tuple[tuple[str, str], ...] = ()
+    # The builder's build-config/env files, by file name (`NAME.default`...).
+    build_config: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -433,7 +443,13 @@ class ContainerRunner(Runner):
         began = time.monotonic()
         api = self._daemon.client
         sources = " ".join(shell_quote(s) for s in mirror)
-        main = f"set -- {sources}\n{_MIRROR}\ntrap 'exit 0' TERM\nsleep 3600 &\nwait\n"
+        # The daemon's log copier passes on whole lines only: without the
+        # newline after it, a last file that does not end in one would wait
+        # there for as long as the container runs.
+        main = (
+            f"set -- {sources}\n{_MIRROR}\necho\n"
+            "trap 'exit 0' TERM\nsleep 3600 &\nwait\n"
+        )
         try:
             created = api.create_container(
                 self._image,
@@ -786,18 +802,71 @@ def shell_quote(text: str) -> str:
 
 
 def job_script(job: Job, app: str) -> str:
-    """The shell script that runs `job` in `app` with exactly its environment."""
-    words = ["exec", "env", "-i"]
-    for name in INHERITED_ENV + PATH_LIKE_ENV:
-        words.append(f'${{{name}+"{name}=${name}"}}')
+    """The shell script that runs `job` in `app` with exactly its environment:
+    the variables the lifecycle passes on, then `<platform>/env`, then the
+    builder's `build-config/env`, then the job's own, as the lifecycle
+    layers them."""
+    inherited = INHERITED_ENV + PATH_LIKE_ENV
+    lines = [f"cd {shell_quote(app)} || exit {_CODE_NO_APP}"]
+    # A variable the runtime may hold already (PATH, HOME...) is composed by
+    # the shell, which knows its value; any other is computed here, so that
+    # a name that is no shell identifier still works.
+    known: dict[str, str] = {}
     for name, value in job.platform_env:
         if name in PATH_LIKE_ENV:
-            words.append(f'{shell_quote(f"{name}={value}")}"${{{name}+:${name}}}"')
+            lines.append(f'{name}={shell_quote(value)}"${{{name}:+:${name}}}"')
+        elif name in inherited:
+            lines.append(f"{name}={shell_quote(value)}")
         else:
-            words.append(shell_quote(f"{name}={value}"))
+            known[name] = value
+    delimiters = {
+        file.removesuffix(".delim"): value
+        for file, value in job.build_config
+        if file.endswith(".delim")
+    }
+    for file, value in job.build_config:
+        name, _, action = file.partition(".")
+        if not name or action not in _ACTIONS:
+            continue
+        delimiter = delimiters.get(name, "")
+        if name in inherited:
+            lines.append(_shell_action(name, action, value, delimiter))
+        else:
+            known[name] = _apply(known.get(name, ""), action, value, delimiter)
+    words = ["exec", "env", "-i", *(f'${{{n}+"{n}=${n}"}}' for n in inherited)]
+    words += [shell_quote(f"{k}={v}") for k, v in known.items()]
     words += [shell_quote(f"{k}={v}") for k, v in job.env]
     words += [shell_quote(job.executable), *map(shell_quote, job.args)]
-    return f"cd {shell_quote(app)} || exit {_CODE_NO_APP}\n{' '.join(words)}\n"
+    return "\n".join([*lines, " ".join(words)]) + "\n"
+
+
+# What a build-config/env file does to its variable, by its suffix; none
+# overrides, as in the lifecycle. `.delim` files give append and prepend their
+# delimiter (none by default).
+_ACTIONS = ("", "override", "default", "append", "prepend")
+
+
+def _apply(current: str, action: str, value: str, delimiter: str) -> str:
+    if action == "default":
+        return current or value
+    if action == "prepend":
+        return value + (delimiter + current if current else "")
+    if action == "append":
+        return (current + delimiter if current else "") + value
+    return value
+
+
+def _shell_action(name: str, action: str, value: str, delimiter: str) -> str:
+    # The delimiter goes through a variable: quotes inside "${x:+...}" are not
+    # removed alike by every shell.
+    quoted = shell_quote(value)
+    if action == "default":
+        return f'[ -n "${{{name}:-}}" ] || {name}={quoted}'
+    if action == "prepend":
+        return f'_d={shell_quote(delimiter)}; {name}={quoted}"${{{name}:+$_d${name}}}"'
+    if action == "append":
+        return f'_d={shell_quote(delimiter)}; {name}="${{{name}:+${name}$_d}}"{quoted}'
+    return f"{name}={quoted}"
 
 
 def _materials(batch: Batch, runner: Runner) -> dict[str, bytes | None]:

@@ -346,7 +346,8 @@ def test_builder_detect_gets_the_spec_environment(
             "debug",
         ]
     )
-    # The builder's own ENV (CNB_USER_ID) is not passed on, as in the lifecycle.
+    # The builder's own ENV (CNB_USER_ID) is not passed on, as in the lifecycle;
+    # its build config is, over the platform's variables.
     assert code == ExitCode.OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from imgext._detect import (
     _trial,
     read_order,
 )
+from imgext._prepare import PrepareOptions, prepare
 from imgext._runner import HostRunner, Target
 from tests import cnb
 
@@ -470,3 +472,35 @@ def test_bad_plans_are_detect_errors(tmp_path: Path, text: str, message: str) ->
     run = _read_plan(path, _member("bp").component, "")
     assert run.code == -1
     assert run.error is not None and message in run.error
+
+
+def test_build_config_reaches_even_a_clear_env_buildpack(tmp_path: Path) -> None:
+    cnb.component(
+        tmp_path / "buildpacks",
+        "buildpack",
+        "config-user",
+        extra="clear-env = true\n",
+        detect="""\
+        [ "${FROM_CONFIG:-}" = yes ] || exit 1
+        [ -z "${FROM_PLATFORM:-}" ] || exit 2
+        """,
+    )
+    config = tmp_path / "build-config"
+    (config / "env").mkdir(parents=True)
+    (config / "env" / "FROM_CONFIG").write_text("yes")
+    (tmp_path / "app").mkdir()
+    options = PrepareOptions(
+        app=tmp_path / "app",
+        layers=tmp_path / "layers",
+        buildpacks=tmp_path / "buildpacks",
+        extensions=tmp_path / "extensions",
+        order=cnb.order(tmp_path / "order.toml", [["config-user"]]),
+        platform=cnb.platform(tmp_path / "platform", FROM_PLATFORM="p"),
+        build_config=config,
+        build_image="imgext-test/build:tiny",
+        run_image="imgext-test/run:tiny",
+    )
+    prepared = prepare(options)
+    assert [m.element.id for m in prepared.detected.buildpacks] == ["config-user"]
+    with pytest.raises(DetectionError):
+        prepare(dataclasses.replace(options, build_config=tmp_path / "none"))

@@ -64,6 +64,76 @@ def test_only_the_lifecycle_variables_are_inherited() -> None:
     assert names == {"PATH", "HTTP_PROXY"}
 
 
+def _env_of(job: Job, environ: dict[str, str]) -> dict[str, str]:
+    result = subprocess.run(
+        ["/bin/sh", "-c", job_script(job, "/")],
+        capture_output=True,
+        check=True,
+        env=environ,
+    )
+    return dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+
+
+def test_build_config_is_layered_over_the_platform_env() -> None:
+    job = Job(
+        "j",
+        "/usr/bin/env",
+        (),
+        (("CNB_OWN", "job"),),
+        platform_env=(
+            ("PATH", "/platform/bin"),
+            ("FROM_PLATFORM", "plat"),
+            ("KEPT", "platform wins"),
+            ("dotted.name", "not a shell identifier"),
+        ),
+        build_config=(
+            ("FROM_PLATFORM.append", "conf"),
+            ("FROM_PLATFORM.delim", ","),
+            ("HOME", "/home/conf"),
+            ("KEPT.default", "unused default"),
+            ("NEW.default", "a default"),
+            ("PATH.prepend", "/conf/bin"),
+            ("PATH.delim", ":"),
+            ("QUOTED", 'it\'s "quoted" $HOME'),
+            ("dotted.name.override", "ignored: a dotted name has no action"),
+        ),
+    )
+    env = _env_of(job, {"PATH": "/usr/bin:/bin", "HOME": "/root", "SECRET": "s"})
+    assert env == {
+        "PATH": "/conf/bin:/platform/bin:/usr/bin:/bin",
+        "HOME": "/home/conf",
+        "FROM_PLATFORM": "plat,conf",
+        "KEPT": "platform wins",
+        "dotted.name": "not a shell identifier",
+        "NEW": "a default",
+        "QUOTED": 'it\'s "quoted" $HOME',
+        "CNB_OWN": "job",
+    }
+
+
+def test_build_config_actions_on_unset_variables() -> None:
+    job = Job(
+        "j",
+        "/usr/bin/env",
+        (),
+        (),
+        build_config=(
+            ("HOME.append", "/appended"),
+            ("HOME.delim", ":"),
+            ("LIBRARY_PATH.default", "/lib"),
+            ("ONLY.prepend", "alone"),
+            ("ONLY.delim", ":"),
+        ),
+    )
+    # With nothing to add to, append and prepend leave out the delimiter.
+    assert _env_of(job, {"PATH": "/bin"}) == {
+        "PATH": "/bin",
+        "HOME": "/appended",
+        "LIBRARY_PATH": "/lib",
+        "ONLY": "alone",
+    }
+
+
 def test_host_runner_runs_a_batch_and_reads_outcomes(tmp_path: Path) -> None:
     app = tmp_path / "app"
     app.mkdir()
