@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import docker.auth
+import docker.errors
 import requests
 
 from ._daemon import BUILDKIT_MIN_API, Daemon
 from ._errors import ExitCode, ImgextError
+from ._extend import TEMP_REPOSITORY
 from ._generated import read_analyzed
 from ._progress import clean, human_size
 
@@ -75,6 +77,7 @@ def run(
     checks.append(_buildkit(daemon))
     checks.extend(_images(daemon, images, layers))
     checks.append(_disk(daemon, setup))
+    checks.append(_leftovers(daemon))
     if registry:
         checks.extend(_registry(registry, setup))
     return checks
@@ -242,6 +245,48 @@ def _disk(daemon: Daemon, setup: Setup) -> Check:
     if free < DISK_WARN:
         return Check("disk", "warn", detail, "extending large images may fill it")
     return Check("disk", "ok", detail)
+
+
+def _leftovers(daemon: Daemon) -> Check:
+    """Temporary tags and builder containers that a killed imgext left.
+
+    Ctrl-C and SIGTERM clean up; only a SIGKILL (or a crash of the machine)
+    leaves these. Whether another imgext is at work on this daemon right now
+    cannot be told from here, so this only reports them.
+    """
+    api = daemon.client
+    try:
+        tags = sorted(
+            tag
+            for image in api.images()
+            for tag in image.get("RepoTags") or []
+            if tag.startswith(f"{TEMP_REPOSITORY}/")
+        )
+        containers = [
+            c["Id"][:12]
+            for c in api.containers(all=True, filters={"label": "io.imgext.role"})
+        ]
+    except docker.errors.APIError as exc:
+        return Check("leftover", "warn", f"cannot list images and containers: {exc}")
+    if not tags and not containers:
+        return Check("leftover", "ok", "nothing left behind by an interrupted run")
+    found = []
+    commands = []
+    if tags:
+        shown = ", ".join(tags[:3]) + (
+            f" and {len(tags) - 3} more" if len(tags) > 3 else ""
+        )
+        found.append(f"{len(tags)} temporary tag(s) ({shown})")
+        commands.append(f"docker rmi {' '.join(tags)}")
+    if containers:
+        found.append(f"{len(containers)} detect container(s) ({', '.join(containers)})")
+        commands.append(f"docker rm -f {' '.join(containers)}")
+    return Check(
+        "leftover",
+        "warn",
+        f"{' and '.join(found)} left by an imgext that was killed, or still at work",
+        "when no imgext is running on this daemon: " + "; ".join(commands),
+    )
 
 
 def _registry(registry: str, setup: Setup) -> list[Check]:

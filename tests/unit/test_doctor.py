@@ -26,7 +26,13 @@ class FakeDaemon:
     ) -> None:
         self.images = images or {}
         self.api_version = api
-        self.client = SimpleNamespace(info=lambda: {"DockerRootDir": root})
+        self.tags: list[str] = []
+        self.containers: list[str] = []
+        self.client = SimpleNamespace(
+            info=lambda: {"DockerRootDir": root},
+            images=lambda: [{"RepoTags": self.tags}],
+            containers=lambda all, filters: [{"Id": c} for c in self.containers],
+        )
 
     def version(self) -> dict[str, Any]:
         return {
@@ -190,3 +196,28 @@ def test_json_lists_every_check(tmp_path: Path) -> None:
     data = json.loads(to_json(checks))
     assert [c["name"] for c in data] == [c.name for c in checks]
     assert {"name", "status", "detail", "hint", "exit_code"} == set(data[0])
+
+
+def test_leftovers_of_a_killed_run_are_reported_with_the_fix(tmp_path: Path) -> None:
+    daemon = FakeDaemon()
+    assert by_name(run(setup(tmp_path, daemon), images=[]))["leftover"].status == "ok"
+    daemon.tags = [
+        "imgext-test/run:tiny",
+        "imgext-tmp/abc-run:1",
+        "imgext-tmp/abc-run:0",
+    ]
+    daemon.containers = ["f" * 64]
+    checks = run(setup(tmp_path, daemon), images=[])
+    leftover = by_name(checks)["leftover"]
+    assert leftover.status == "warn"
+    assert "2 temporary tag(s) (imgext-tmp/abc-run:0, imgext-tmp/abc-run:1)" in (
+        leftover.detail
+    )
+    assert "1 detect container(s) (ffffffffffff)" in leftover.detail
+    assert leftover.hint == (
+        "when no imgext is running on this daemon: "
+        "docker rmi imgext-tmp/abc-run:0 imgext-tmp/abc-run:1; "
+        "docker rm -f ffffffffffff"
+    )
+    # A warning: imgext still works.
+    assert exit_code(checks) == 0
