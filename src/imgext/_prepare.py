@@ -443,22 +443,26 @@ def detect_options(args: argparse.Namespace) -> PrepareOptions:
     if args.layers is None:
         raise UsageError("--layers is required (or set CNB_LAYERS_DIR)")
     return PrepareOptions(
-        app=args.app,
-        layers=args.layers,
-        builder=args.builder,
-        extensions=args.extensions,
-        buildpacks=args.buildpacks,
-        order=args.order,
-        platform=args.platform,
-        build_config=args.build_config,
-        generated=args.generated,
-        analyzed=args.analyzed,
-        group=args.group,
-        plan=args.plan,
-        run=args.run,
-        platform_api=args.platform_api,
-        network=args.network,
+        **_shared_options(args), builder=args.builder, plan=args.plan, run=args.run
     )
+
+
+def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `imgext detect` and `imgext extend` both take."""
+    return {
+        "app": args.app,
+        "layers": args.layers,
+        "extensions": args.extensions,
+        "buildpacks": args.buildpacks,
+        "order": args.order,
+        "platform": args.platform,
+        "build_config": args.build_config,
+        "generated": args.generated,
+        "analyzed": args.analyzed,
+        "group": args.group,
+        "platform_api": args.platform_api,
+        "network": args.network,
+    }
 
 
 @contextlib.contextmanager
@@ -483,19 +487,8 @@ def one_command(
     try:
         prepared = prepare(
             PrepareOptions(
-                app=args.app,
-                layers=args.layers,
+                **_shared_options(args),
                 builder=image,
-                extensions=args.extensions,
-                buildpacks=args.buildpacks,
-                order=args.order,
-                platform=args.platform,
-                build_config=args.build_config,
-                generated=args.generated,
-                analyzed=args.analyzed,
-                group=args.group,
-                platform_api=args.platform_api,
-                network=args.network,
                 build_image=args.build_image or image or "",
                 run_image=args.run_image,
             ),
