@@ -32,6 +32,7 @@ EXTENSION = "extension"
 DETECT_PASS = 0
 DETECT_FAIL = 100
 TARGETS_API = (0, 12)
+PATH_VARIABLES_API = (0, 8)
 
 
 class DetectionError(ImgextError):
@@ -469,20 +470,23 @@ class Detector:
         )
 
     def _job(self, name: str, component: Component, batch: Batch) -> Job:
-        # TODO: buildpacks of API < 0.8 get CNB_PLATFORM_DIR and
-        # CNB_BUILD_PLAN_PATH too, and stacks and mixins of old APIs and the
-        # exec-env of platform API 0.15 are not checked: imgext starts where
-        # image extensions did (platform API 0.10, buildpack API 0.9).
+        # TODO: stacks and mixins of old buildpack APIs and the exec-env of
+        # platform API 0.15 are not checked: imgext starts where image
+        # extensions did (platform API 0.10, buildpack API 0.9), and no
+        # buildpack of the test builders uses them.
         plan = batch.at(f"{name}.plan")
         dir_variable = (
             "CNB_EXTENSION_DIR" if component.kind == EXTENSION else "CNB_BUILDPACK_DIR"
         )
-        env = [
-            (dir_variable, component.root),
-            ("CNB_PLATFORM_DIR", self._runner.platform),
-            ("CNB_BUILD_PLAN_PATH", plan),
-            *self._runner.target.env(),
-        ]
+        env = [(dir_variable, component.root)]
+        # Buildpack API 0.8 brought these two; older buildpacks get the same
+        # values as arguments only, as from the lifecycle.
+        if _api(component.api) >= PATH_VARIABLES_API:
+            env += [
+                ("CNB_PLATFORM_DIR", self._runner.platform),
+                ("CNB_BUILD_PLAN_PATH", plan),
+            ]
+        env += self._runner.target.env()
         return Job(
             name=name,
             executable=f"{component.root}/bin/detect",
@@ -535,6 +539,15 @@ class Detector:
                 )
             return chosen, plan
         raise last
+
+
+def _api(text: str) -> tuple[int, int]:
+    """A descriptor's `api`; one that is missing or unreadable counts as the
+    newest, which gives an executable every variable."""
+    major, _, minor = text.partition(".")
+    if not major.isdigit() or not (minor or "0").isdigit():
+        return (999, 0)
+    return int(major), int(minor or "0")
 
 
 def _key(element: Element) -> tuple[str, str, str]:

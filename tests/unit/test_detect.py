@@ -504,3 +504,23 @@ def test_build_config_reaches_even_a_clear_env_buildpack(tmp_path: Path) -> None
     assert [m.element.id for m in prepared.detected.buildpacks] == ["config-user"]
     with pytest.raises(DetectionError):
         prepare(dataclasses.replace(options, build_config=tmp_path / "none"))
+
+
+def test_buildpacks_before_api_0_8_get_no_path_variables(tmp_path: Path) -> None:
+    for name, api in (("old", "0.7"), ("new", "0.8")):
+        cnb.component(
+            tmp_path / "buildpacks",
+            "buildpack",
+            name,
+            api=api,
+            detect=f"""\
+            env >"$1/../seen-{name}"
+            """,
+        )
+    order_path = cnb.order(tmp_path / "order.toml", [["old", "new"]])
+    detect(tmp_path, order_path)
+    old = (tmp_path / "seen-old").read_text()
+    new = (tmp_path / "seen-new").read_text()
+    assert "CNB_PLATFORM_DIR=" not in old and "CNB_BUILD_PLAN_PATH=" not in old
+    assert "CNB_BUILDPACK_DIR=" in old
+    assert "CNB_PLATFORM_DIR=" in new and "CNB_BUILD_PLAN_PATH=" in new
