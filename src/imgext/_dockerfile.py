@@ -125,6 +125,9 @@ def parse(source: str, *, path: Path, kind: Kind, extension: str) -> Dockerfile:
             flags=tuple(c.flags),
         )
         for c in commands
+        # A lone line continuation (`\` at the end of the file) comes back as
+        # a command without a name; BuildKit has nothing to run for it either.
+        if c.cmd is not None
     )
     return _validate(instructions, path=path, kind=kind, extension=extension)
 

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from imgext import ExtensionOutputError
@@ -149,6 +149,8 @@ def test_any_allowed_body_is_valid(body: list[str]) -> None:
     assert [i.line for i in parsed.instructions] == list(range(1, len(body) + 3))
 
 
+@example("ARG base_image\nFROM ${base_image}\n\\")
+@example("\\")
 @given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200))
 def test_parser_never_crashes(text: str) -> None:
     with contextlib.suppress(ExtensionOutputError):
