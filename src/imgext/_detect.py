@@ -22,7 +22,7 @@ from typing import Any
 from ._errors import ExitCode, ImgextError, UsageError
 from ._events import Listener, RunEnded, RunFinished, RunStarted, ignore
 from ._generated import load_toml
-from ._runner import Batch, Job, Runner, read_outcome
+from ._runner import Batch, Job, Runner, exit_text, read_outcome
 
 log = logging.getLogger("imgext")
 _PHASE = {"phase": "detect"}
@@ -118,6 +118,11 @@ class Member:
 
     element: Element
     component: Component
+
+    @property
+    def version(self) -> str:
+        """The version found on disk, else the one the order asked for."""
+        return self.component.version or self.element.version
 
     def same(self, other: Member) -> bool:
         return (self.element.id, self.element.version, self.element.kind) == (
@@ -455,13 +460,13 @@ class Detector:
         word = verdict(member, run)
         why = run.error or ""
         if word == "error" and not why:
-            why = f"exit code {run.code}" if run.code >= 0 else "no exit code"
+            why = exit_text(run.code)
         self._on_event(
             RunFinished(
                 "detect",
                 element.kind,
                 element.id,
-                member.component.version or element.version,
+                member.version,
                 word,
                 run.seconds,
                 tuple(_lines(run.output)),
@@ -730,7 +735,7 @@ class JobClock:
         if member is None:
             return
         element = member.element
-        version = member.component.version or element.version
+        version = member.version
         if code is None:
             self._started[job] = time.monotonic()
             self._on_event(RunStarted(self._phase, element.kind, element.id, version))

@@ -21,7 +21,7 @@ from ._errors import ExtensionError, ExtensionOutputError, ImgextError
 from ._events import Listener, RunFinished, ignore
 from ._generated import NEW_LAYOUT_API, load_toml, read_args
 from ._report import write_atomically
-from ._runner import Job, Outcome, Runner, read_outcome
+from ._runner import Job, Outcome, Runner, exit_text, read_outcome
 
 log = logging.getLogger("imgext")
 _PHASE = {"phase": "generate"}
@@ -146,7 +146,7 @@ def generate(
         except ImgextError as exc:
             # In short: the error itself follows, with the whole message.
             if isinstance(exc, ExtensionError) and outcome is not None:
-                why = _exit(outcome.code)
+                why = exit_text(outcome.code)
             else:
                 why = "what it wrote breaks the contract"
             on_event(_finished(member, "error", seconds, lines, why))
@@ -164,21 +164,16 @@ def _finished(
     output: tuple[str, ...],
     error: str = "",
 ) -> RunFinished:
-    version = member.component.version or member.element.version
     return RunFinished(
         "generate",
         "extension",
         member.component.id,
-        version,
+        member.version,
         verdict,
         seconds,
         output,
         error,
     )
-
-
-def _exit(code: int) -> str:
-    return f"exit code {code}" if code >= 0 else "no exit code"
 
 
 def _check_ran(extension: str, outcome: Outcome) -> None:
@@ -189,7 +184,7 @@ def _check_ran(extension: str, outcome: Outcome) -> None:
     if outcome.code == 0:
         return
     raise ExtensionError(
-        f"extension {extension}: bin/generate failed ({_exit(outcome.code)})",
+        f"extension {extension}: bin/generate failed ({exit_text(outcome.code)})",
         extension=extension,
         output=outcome.stderr.strip().splitlines() or outcome.stdout.splitlines(),
         hint="its output says why; run its bin/generate by hand to see more",

@@ -524,8 +524,8 @@ def next_step(error: ImgextError) -> str | None:
     return error.hint or _NEXT_STEP.get(ExitCode(error.exit_code))
 
 
-def _output_heading(error: ImgextError | None) -> str:
-    if error is None or isinstance(error, StepFailedError):
+def _output_heading(error: ImgextError) -> str:
+    if isinstance(error, StepFailedError):
         return "output of the failing step (last lines)"
     return "its output (last lines)"
 

@@ -230,6 +230,11 @@ class Outcome:
     stderr: str
 
 
+def exit_text(code: int) -> str:
+    """An exit code as a message says it; -1 is an executable that left none."""
+    return f"exit code {code}" if code >= 0 else "no exit code"
+
+
 @dataclass(frozen=True)
 class Target:
     """The `CNB_TARGET_*` values executables receive."""
